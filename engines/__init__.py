@@ -1,0 +1,1 @@
+"""Science engines of hillwalker: plain functions with typed results, no Parsl here."""

@@ -1,0 +1,1 @@
+"""Material templates and levels of theory shipped as package data."""
