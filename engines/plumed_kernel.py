@@ -15,7 +15,7 @@ from pathlib import Path
 BUNDLED_KERNEL = Path("opt/plumed-kernel/plumed/_lib/lib/libplumedKernel.so")
 
 
-class PlumedKernelNotFound(RuntimeError):
+class PlumedKernelError(RuntimeError):
     pass
 
 
@@ -24,19 +24,19 @@ def bundled_kernel() -> Path:
 
 
 def find_kernel() -> Path:
-    """Path of the kernel to use, or :class:`PlumedKernelNotFound` saying how to get one."""
+    """Path of the kernel to use, or :class:`PlumedKernelError` saying how to get one."""
     user = os.environ.get("PLUMED_KERNEL")
     if user:
         path = Path(user)
         if not path.is_file():
-            raise PlumedKernelNotFound(
+            raise PlumedKernelError(
                 f"PLUMED_KERNEL={user} does not exist: point it at libplumedKernel.so or unset it"
             )
         return path
     path = bundled_kernel()
     if path.is_file():
         return path
-    raise PlumedKernelNotFound(
+    raise PlumedKernelError(
         f"no PLUMED kernel: {path} is missing and PLUMED_KERNEL is unset. "
         "Run 'bash scripts/setup.sh', or set PLUMED_KERNEL to your libplumedKernel.so"
     )

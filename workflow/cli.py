@@ -40,8 +40,11 @@ def doctor(
     checks = run_checks()
     broken = [c for c in checks if c.required and not c.ok]
     if as_json:
-        typer.echo(json.dumps({"ok": not broken, "components": {c.name: c.as_dict() for c in checks}},
-                              indent=2))
+        typer.echo(
+            json.dumps(
+                {"ok": not broken, "components": {c.name: c.as_dict() for c in checks}}, indent=2
+            )
+        )
     elif not quiet:
         for c in checks:
             mark = "ok " if c.ok else ("!! " if c.required else "-- ")

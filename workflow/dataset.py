@@ -82,7 +82,9 @@ def read_frames(path: str | os.PathLike[str], index: str | int = ":") -> list[At
     try:
         frames = ase.io.read(p, index=index, format="extxyz")
     except Exception as exc:  # ASE raises many types on malformed files
-        raise DatasetError(f"{p}: not a readable extxyz file ({type(exc).__name__}: {exc})") from exc
+        raise DatasetError(
+            f"{p}: not a readable extxyz file ({type(exc).__name__}: {exc})"
+        ) from exc
     return frames if isinstance(frames, list) else [frames]
 
 

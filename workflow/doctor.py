@@ -40,8 +40,10 @@ def check_cp2k(executable: str = "cp2k.psmp") -> Check:
     exe = shutil.which(executable)
     if exe is None:
         return Check(
-            "cp2k", False, problem=f"'{executable}' not found on PATH: install it "
-            "('apt-get install cp2k' on Debian, or 'module load cp2k' on a cluster)"
+            "cp2k",
+            False,
+            problem=f"'{executable}' not found on PATH: install it "
+            "('apt-get install cp2k' on Debian, or 'module load cp2k' on a cluster)",
         )
     try:
         out = _run([exe, "--version"])
@@ -51,7 +53,9 @@ def check_cp2k(executable: str = "cp2k.psmp") -> Check:
     match = re.search(r"CP2K version\s+(\S+)", text)
     if out.returncode != 0 or match is None:
         return Check(
-            "cp2k", False, path=exe,
+            "cp2k",
+            False,
+            path=exe,
             problem=f"'{exe} --version' exited {out.returncode} without a version; reinstall CP2K",
         )
     # The flags are wrapped at a fixed width: join the continuation lines before searching.
@@ -71,17 +75,21 @@ def check_cp2k(executable: str = "cp2k.psmp") -> Check:
 
 
 def check_plumed() -> Check:
-    from hillwalker.engines.plumed_kernel import PlumedKernelNotFound, use_kernel
+    from hillwalker.engines.plumed_kernel import PlumedKernelError, use_kernel
 
     try:
         kernel = use_kernel()
-    except PlumedKernelNotFound as exc:
+    except PlumedKernelError as exc:
         return Check("plumed", False, problem=str(exc))
     try:
         import plumed
     except ImportError as exc:
-        return Check("plumed", False, path=str(kernel),
-                     problem=f"the 'plumed' Python wrapper does not import ({exc}): rerun setup.sh")
+        return Check(
+            "plumed",
+            False,
+            path=str(kernel),
+            problem=f"the 'plumed' Python wrapper does not import ({exc}): rerun setup.sh",
+        )
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "plumed.log"
         try:
@@ -92,14 +100,23 @@ def check_plumed() -> Check:
             p.cmd("init")
             p.finalize()
         except Exception as exc:
-            return Check("plumed", False, path=str(kernel),
-                         problem=f"the PLUMED kernel {kernel} does not initialise ({exc})")
+            return Check(
+                "plumed",
+                False,
+                path=str(kernel),
+                problem=f"the PLUMED kernel {kernel} does not initialise ({exc})",
+            )
         text = log.read_text() if log.exists() else ""
     match = re.search(r"Version:\s*(\S+)", text)
     return Check(
-        "plumed", True, version=match.group(1) if match else None, path=str(kernel),
-        details={"wrapper": importlib.metadata.version("plumed"),
-                 "from_env": "PLUMED_KERNEL" in os.environ},
+        "plumed",
+        True,
+        version=match.group(1) if match else None,
+        path=str(kernel),
+        details={
+            "wrapper": importlib.metadata.version("plumed"),
+            "from_env": "PLUMED_KERNEL" in os.environ,
+        },
     )
 
 
@@ -109,33 +126,61 @@ def check_torch() -> Check:
     except ImportError as exc:
         return Check("torch", False, problem=f"torch does not import ({exc}): rerun setup.sh")
     cuda = bool(torch.cuda.is_available())
-    devices = ["cpu"] + [f"cuda:{i} {torch.cuda.get_device_name(i)}"
-                         for i in range(torch.cuda.device_count())] if cuda else ["cpu"]
-    return Check("torch", True, version=torch.__version__, path=os.path.dirname(torch.__file__),
-                 details={"cuda": cuda, "devices": devices, "threads": torch.get_num_threads()})
+    devices = (
+        ["cpu"]
+        + [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
+        if cuda
+        else ["cpu"]
+    )
+    return Check(
+        "torch",
+        True,
+        version=torch.__version__,
+        path=str(Path(torch.__file__).parent),
+        details={"cuda": cuda, "devices": devices, "threads": torch.get_num_threads()},
+    )
 
 
 def check_module(name: str, dist: str | None = None, *, required: bool = True) -> Check:
     try:
         module = importlib.import_module(name)
     except Exception as exc:
-        return Check(dist or name, False, required=required,
-                     problem=f"python module '{name}' does not import ({exc}): rerun setup.sh")
+        return Check(
+            dist or name,
+            False,
+            required=required,
+            problem=f"python module '{name}' does not import ({exc}): rerun setup.sh",
+        )
     version = importlib.metadata.version(dist or name)
-    return Check(dist or name, True, required=required, version=version,
-                 path=os.path.dirname(getattr(module, "__file__", "") or ""))
+    return Check(
+        dist or name,
+        True,
+        required=required,
+        version=version,
+        path=str(Path(module.__file__).parent) if getattr(module, "__file__", None) else None,
+    )
 
 
 def check_slurm() -> Check:
     commands = {c: shutil.which(c) for c in ("sbatch", "squeue", "scancel", "sinfo", "sacct")}
     if not commands["sbatch"]:
-        return Check("slurm", False, required=False,
-                     problem="SLURM client commands not found (only needed for --site profiles "
-                             "that use SLURM; Debian: apt-get install slurm-client)")
+        return Check(
+            "slurm",
+            False,
+            required=False,
+            problem="SLURM client commands not found (only needed for --site profiles "
+            "that use SLURM; Debian: apt-get install slurm-client)",
+        )
     out = _run([commands["sbatch"], "--version"])
     words = out.stdout.split()
-    return Check("slurm", True, required=False, version=words[-1] if words else None,
-                 path=commands["sbatch"], details={k: v for k, v in commands.items()})
+    return Check(
+        "slurm",
+        True,
+        required=False,
+        version=words[-1] if words else None,
+        path=commands["sbatch"],
+        details={k: v for k, v in commands.items()},
+    )
 
 
 def run_checks() -> list[Check]:

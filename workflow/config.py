@@ -1,0 +1,180 @@
+"""campaign.yaml: *what* a campaign computes (where it runs is a site profile, see sites.py).
+
+Every field has a description and a unit; unknown keys are refused. Errors name the file and
+the dotted key, e.g. ``campaign.yaml: walkers.temperature: Input should be greater than 0``.
+
+File paths inside campaign.yaml are relative to the campaign directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+CAMPAIGN_FILE = "campaign.yaml"
+
+
+class ConfigError(ValueError):
+    """campaign.yaml (or another YAML input) is unreadable or invalid; lists every problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Material(_Model):
+    structure: str = Field(
+        description="Start structure (CIF or extxyz), relative to the campaign dir."
+    )
+    level: str = Field(description="CP2K input file of the level of theory used for every label.")
+    plumed: str = Field(description="PLUMED input (PLUMED units: nm, ps, kJ/mol); CVs and METAD.")
+    nequip: str = Field(
+        description="NequIP hydra config template (YAML) for every generation's model."
+    )
+
+
+class Generation0(_Model):
+    frames: int = Field(16, gt=0, description="Number of perturbed frames labeled in generation 0.")
+    position_sigma: float = Field(
+        0.05, ge=0, description="Std. dev. of the Gaussian displacement of every coordinate, Å."
+    )
+    cell_strain: float = Field(
+        0.03,
+        ge=0,
+        lt=0.5,
+        description="Max. amplitude of the random symmetric cell strain (fraction).",
+    )
+
+
+class Walkers(_Model):
+    count: int = Field(4, gt=0, description="Number of walkers exploring concurrently.")
+    ensemble: Literal["nvt", "npt"] = Field(
+        "npt", description="nvt: Langevin thermostat; npt: full-cell MTK barostat (frameworks)."
+    )
+    temperature: float = Field(300.0, gt=0, description="Temperature, K.")
+    pressure: float = Field(0.0, description="External pressure for npt, GPa (converted to eV/Å³).")
+    timestep: float = Field(1.0, gt=0, le=5, description="MD time step, fs.")
+    steps: int = Field(500, gt=0, description="MD steps per walker per generation.")
+    bias: Literal["shared", "independent", "none"] = Field(
+        "shared",
+        description="shared: all walkers deposit into one bias (PLUMED multiple walkers); "
+        "independent: one bias per walker; none: plain MD (the baseline).",
+    )
+    start: Literal["continue", "reset"] = Field(
+        "continue",
+        description="Where each generation's walkers start: their last state (continue) or the "
+        "start structure (reset). The bias is never cleared.",
+    )
+
+
+class Training(_Model):
+    mode: Literal["scratch", "warm"] = Field(
+        "warm",
+        description="Train each generation from scratch or warm-start from the previous model.",
+    )
+    epochs: int = Field(
+        200, gt=0, description="Epochs of the generation-0 model (and scratch runs)."
+    )
+    warm_epochs: int | None = Field(
+        None, gt=0, description="Epochs of warm-started generations (default: same as epochs)."
+    )
+    validation_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Fraction held out for validation."
+    )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra NequIP settings (hillwalker TrainSettings fields, e.g. num_features).",
+    )
+
+
+class Stop(_Model):
+    generations: int = Field(
+        3, ge=0, description="Number of walker generations after generation 0."
+    )
+    max_single_points: int | None = Field(
+        None, gt=0, description="Stop once this many single points were spent (done + failed)."
+    )
+    target_force_rmse: float | None = Field(
+        None, gt=0, description="Stop once a model's validation force RMSE is below this, meV/Å."
+    )
+
+
+class Safety(_Model):
+    max_force: float = Field(
+        25.0, gt=0, description="Stop a walker segment above this force, eV/Å."
+    )
+    min_distance: float = Field(
+        0.6, gt=0, description="Stop a segment / refuse a single point below this distance, Å."
+    )
+    max_temperature: float = Field(
+        3000.0, gt=0, description="Stop a segment above this instantaneous temperature, K."
+    )
+
+
+class Labeling(_Model):
+    timeout: float = Field(1800.0, gt=0, description="Wall-time limit of one CP2K run, s.")
+
+
+class Campaign(_Model):
+    name: str = Field("campaign", description="A name for logs and reports.")
+    material: Material
+    generation0: Generation0 = Field(default_factory=Generation0)  # type: ignore[arg-type]
+    walkers: Walkers = Field(default_factory=Walkers)  # type: ignore[arg-type]
+    training: Training = Field(default_factory=Training)  # type: ignore[arg-type]
+    stop: Stop = Field(default_factory=Stop)  # type: ignore[arg-type]
+    safety: Safety = Field(default_factory=Safety)  # type: ignore[arg-type]
+    labeling: Labeling = Field(default_factory=Labeling)  # type: ignore[arg-type]
+    seed: int = Field(
+        0, ge=0, description="Seed of every random choice (perturbations, MD, training)."
+    )
+
+    def path(self, directory: Path, relative: str) -> Path:
+        return (directory / relative).resolve()
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file; a :class:`ConfigError` naming the file and line if it can't."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{path}:{where}: malformed YAML: {problem}"]) from None
+
+
+def validation_problems(path: Path, exc: ValidationError) -> list[str]:
+    """One line per pydantic error: ``file: dotted.key: message``."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{path}: {key}: {msg}")
+    return lines
+
+
+def load_campaign(directory: str | Path) -> Campaign:
+    """Read and validate ``<directory>/campaign.yaml``."""
+    path = Path(directory) / CAMPAIGN_FILE
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: expected a mapping of keys at the top level"])
+    try:
+        return Campaign.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(validation_problems(path, exc)) from None
