@@ -1,0 +1,283 @@
+"""Parsl at one edge: the only module of hillwalker that imports Parsl.
+
+``Execution`` turns a site profile (``sites.py``; the local machine by default) into a Parsl
+DataFlowKernel and runs plain engine functions on it::
+
+    with Execution(site, run_dir=campaign_dir) as ex:
+        future = ex.submit("dft", single_point, atoms, level, command=ex.cp2k_command)
+        result = future.result()
+
+Engines never see Parsl: ``submit`` wraps any picklable top-level function as a Parsl app bound
+to the executor of its task kind. Walltime, cores and executors live here and in the profile,
+never in an engine's signature.
+
+Executors. Local task kinds share ONE HighThroughputExecutor with one worker per core: on one
+machine, separate pools per kind would each be sized to the whole machine and oversubscribe it,
+while a shared pool lets walkers, single points and training take whichever cores are free (so
+single points start as soon as frames arrive). Each SLURM task kind gets its own executor, since
+its blocks are jobs with that kind's partition, walltime and resources.
+
+Parsl memoization/checkpointing is deliberately off: resume comes from the campaign's own task
+records (Parsl identifies a function by its name only). ``retries`` from the profile reruns a
+task whose worker was lost (e.g. its SLURM block was cancelled).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from parsl.app.app import python_app
+from parsl.config import Config
+from parsl.dataflow.dflow import DataFlowKernel
+from parsl.executors import HighThroughputExecutor
+from parsl.launchers import SimpleLauncher, SingleNodeLauncher, SrunLauncher
+from parsl.providers import LocalProvider, SlurmProvider
+
+from hillwalker.engines.plumed_kernel import use_kernel
+from hillwalker.sites import TASK_KINDS, SiteProfile, TaskSite, local_site
+
+log = logging.getLogger(__name__)
+
+LOCAL_LABEL = "local"
+#: a first result ~1.7 s after start instead of ~5.7 s with Parsl's default of 5 s
+STRATEGY_PERIOD = 0.5
+
+
+def machine_cores() -> int:
+    """Cores this process may use (respects taskset/cgroup affinity)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _environment_lines() -> str:
+    """Shell lines that give workers this venv's programs and the PLUMED kernel.
+
+    HTEX starts ``process_worker_pool.py`` from PATH, and engines start ``cp2k.psmp``,
+    ``nequip-train`` etc. as subprocesses; on a SLURM node the job's environment is the
+    user's login environment, not this process's.
+    """
+    venv_bin = Path(sys.prefix) / "bin"
+    lines = [f'export PATH={shlex.quote(str(venv_bin))}:"$PATH"']
+    kernel = os.environ.get("PLUMED_KERNEL")
+    if kernel:
+        lines.append(f"export PLUMED_KERNEL={shlex.quote(kernel)}")
+    return "\n".join(lines)
+
+
+def _interchange_command() -> list[str]:
+    # HTEX runs "interchange.py" from PATH; name this venv's copy so that a shell without the venv
+    # activated (a test runner, a cron job) still starts the right one
+    return [sys.executable, str(Path(sys.prefix) / "bin" / "interchange.py")]
+
+
+def _launcher(name: str) -> Any:
+    if name == "srun":
+        return SrunLauncher()
+    if name == "simple":
+        return SimpleLauncher()
+    return SingleNodeLauncher()
+
+
+class Execution:
+    """Parsl at one edge. ``with Execution(site=None, run_dir=Path, cores=None) as ex:``.
+
+    Nothing starts in the constructor; Parsl (interchange, workers, SLURM blocks) lives exactly
+    as long as the ``with`` block and is always cleaned up, also after an exception or Ctrl-C.
+    """
+
+    def __init__(
+        self,
+        site: SiteProfile | None = None,
+        run_dir: str | Path = ".",
+        *,
+        cores: int | None = None,
+    ) -> None:
+        self.site = site if site is not None else local_site()
+        self.run_dir = Path(run_dir)
+        self.cores = cores or self.site.local_cores or machine_cores()
+        self._dfk: DataFlowKernel | None = None
+        self._apps: dict[tuple[str, Callable[..., Any]], Any] = {}
+        self._labels = {kind: self._label(kind) for kind in TASK_KINDS}
+
+    # ---- configuration -------------------------------------------------------------------
+
+    def _label(self, kind: str) -> str:
+        return LOCAL_LABEL if self.site.task(kind).provider == "local" else f"slurm-{kind}"
+
+    def _local_executor(self, worker_init: str) -> HighThroughputExecutor:
+        return HighThroughputExecutor(
+            label=LOCAL_LABEL,
+            address="127.0.0.1",
+            interchange_launch_cmd=_interchange_command(),
+            max_workers_per_node=self.cores,
+            cores_per_worker=1,
+            heartbeat_period=max(1, self.site.heartbeat_threshold // 4),
+            heartbeat_threshold=self.site.heartbeat_threshold,
+            provider=LocalProvider(
+                init_blocks=1, min_blocks=1, max_blocks=1, worker_init=worker_init
+            ),
+        )
+
+    def _slurm_executor(self, kind: str, task: TaskSite, env_lines: str) -> HighThroughputExecutor:
+        options = list(task.scheduler_options)
+        if task.gpus_per_node:
+            options.append(f"#SBATCH --gpus-per-node={task.gpus_per_node}")
+        worker_init = "\n".join(line for line in (env_lines, task.worker_init) if line)
+        provider = SlurmProvider(
+            partition=task.partition,
+            account=task.account,
+            qos=task.qos,
+            constraint=task.constraint,
+            nodes_per_block=task.nodes_per_block,
+            cores_per_node=task.cores_per_node,
+            mem_per_node=task.mem_per_node,
+            init_blocks=task.blocks.init,
+            min_blocks=task.blocks.min,
+            max_blocks=task.blocks.max,
+            walltime=task.walltime,
+            scheduler_options="\n".join(options),
+            worker_init=worker_init,
+            exclusive=task.exclusive,
+            launcher=_launcher(task.launcher),
+        )
+        extra: dict[str, Any] = {}
+        if task.gpus_per_task:
+            # one worker per GPU group; Parsl sets CUDA_VISIBLE_DEVICES for each worker
+            extra["available_accelerators"] = task.gpus_per_node
+        workers = task.workers_per_node
+        return HighThroughputExecutor(
+            label=self._labels[kind],
+            interchange_launch_cmd=_interchange_command(),
+            cores_per_worker=task.cores_per_task,
+            max_workers_per_node=workers if workers is not None else None,
+            heartbeat_period=max(1, self.site.heartbeat_threshold // 4),
+            heartbeat_threshold=self.site.heartbeat_threshold,
+            provider=provider,
+            **extra,
+        )
+
+    def parsl_config(self) -> Config:
+        """The Parsl configuration for this site (built, not started)."""
+        env_lines = _environment_lines()
+        executors: list[HighThroughputExecutor] = []
+        if any(self.site.task(kind).provider == "local" for kind in TASK_KINDS):
+            executors.append(self._local_executor(env_lines))
+        for kind in TASK_KINDS:
+            task = self.site.task(kind)
+            if task.provider == "slurm":
+                executors.append(self._slurm_executor(kind, task, env_lines))
+        return Config(
+            executors=executors,
+            retries=self.site.retries,
+            run_dir=str(self.run_dir / ".hillwalker" / "parsl"),
+            strategy="htex_auto_scale",
+            strategy_period=STRATEGY_PERIOD,
+            usage_tracking=0,
+        )
+
+    # ---- lifetime ------------------------------------------------------------------------
+
+    def __enter__(self) -> Execution:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def start(self) -> None:
+        if self._dfk is not None:
+            return
+        # workers inherit the environment (local) or get it from worker_init (SLURM): set the
+        # kernel first so both see it
+        use_kernel()
+        (self.run_dir / ".hillwalker").mkdir(parents=True, exist_ok=True)
+        config = self.parsl_config()
+        self._dfk = DataFlowKernel(config)
+
+    def close(self) -> None:
+        """Stop interchange, workers and SLURM blocks. Safe to call twice."""
+        dfk, self._dfk = self._dfk, None
+        self._apps.clear()
+        if dfk is not None:
+            dfk.cleanup()
+
+    # ---- work ----------------------------------------------------------------------------
+
+    def submit(
+        self, kind: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[Any]:
+        """Run ``fn(*args, **kwargs)`` as a task of ``kind`` (md, dft or train); a Future.
+
+        ``fn`` must be a picklable top-level function (workers import it by name).
+        """
+        if self._dfk is None:
+            raise RuntimeError("Execution is not started: use it as 'with Execution(...) as ex:'")
+        label = self._labels.get(kind)
+        if label is None:
+            raise ValueError(f"unknown task kind {kind!r}; expected one of {', '.join(TASK_KINDS)}")
+        app = self._apps.get((kind, fn))
+        if app is None:
+            app = python_app(fn, executors=[label], data_flow_kernel=self._dfk)
+            self._apps[(kind, fn)] = app
+        future: concurrent.futures.Future[Any] = app(*args, **kwargs)
+        return future
+
+    def check_task_fits(self, kind: str, seconds: float) -> None:
+        """Refuse a task expected to take longer than its blocks' walltime (before submitting)."""
+        self.site.check_task_fits(kind, seconds)
+
+    @property
+    def cp2k_command(self) -> list[str]:
+        """The site's CP2K launch command for dft tasks (default ``["cp2k.psmp"]``)."""
+        return list(self.site.cp2k.command)
+
+    @property
+    def cp2k_omp_threads(self) -> int:
+        return self.site.cp2k.omp_threads
+
+    def blocks(self) -> list[dict[str, Any]]:
+        """Live SLURM blocks of this run: kind, executor, block id, job id, state.
+
+        Empty for a local site (its pool is not a scheduler job) or before ``start``.
+        """
+        if self._dfk is None:
+            return []
+        rows: list[dict[str, Any]] = []
+        for kind in TASK_KINDS:
+            label = self._labels[kind]
+            if not label.startswith("slurm-"):
+                continue
+            executor = self._dfk.executors[label]
+            if not isinstance(executor, HighThroughputExecutor):
+                continue
+            statuses = executor.status()
+            for block_id, job_id in sorted(executor.blocks_to_job_id.items()):
+                status = statuses.get(block_id)
+                rows.append(
+                    {
+                        "kind": kind,
+                        "executor": label,
+                        "block": block_id,
+                        "job_id": str(job_id),
+                        "state": status.state.name if status is not None else "UNKNOWN",
+                    }
+                )
+        return rows
+
+
+__all__ = ["Execution", "machine_cores"]
