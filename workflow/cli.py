@@ -59,6 +59,72 @@ def doctor(
         raise typer.Exit(1)
 
 
+@app.command()
+def run(
+    directory: Annotated[Path, typer.Argument(help="Campaign directory (with campaign.yaml).")],
+    site: Annotated[
+        Path | None, typer.Option("--site", help="Site profile YAML (default: this machine).")
+    ] = None,
+    generations: Annotated[
+        int | None, typer.Option("--generations", help="Override stop.generations.")
+    ] = None,
+    smoke: Annotated[
+        bool, typer.Option("--smoke", help="One generation with tiny settings, to check the path.")
+    ] = False,
+) -> None:
+    """Run a campaign, or resume it where it stopped."""
+    from hillwalker.campaign import CampaignError, run_campaign
+    from hillwalker.config import ConfigError
+    from hillwalker.progress import LiveProgress
+    from hillwalker.state import StateError
+
+    profile = None
+    try:
+        if site is not None:
+            from hillwalker.sites import load_site
+
+            profile = load_site(site)
+        with LiveProgress(directory) as live:
+            models = run_campaign(
+                directory,
+                site=profile,
+                generations=generations,
+                smoke=smoke,
+                on_progress=live.update,
+            )
+    except (ConfigError, StateError, CampaignError, FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    root = directory.resolve()
+    typer.echo(f"done: {len(models)} models (generations 0..{models[-1].generation})")
+    typer.echo(f"  models:  {root / 'generations'}/NNN/model/")
+    typer.echo(f"  last:    {models[-1].compiled}")
+    typer.echo(f"  dataset: {root / 'dataset.extxyz'}")
+    typer.echo(
+        f"  status:  hillwalker status {directory} [--json]   (log: {root / '.hillwalker/run.log'})"
+    )
+
+
+@app.command()
+def status(
+    directory: Annotated[Path, typer.Argument(help="Campaign directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
+    """What a campaign has done: generations, single points, errors, CV range, wall time."""
+    from hillwalker.state import StateError
+    from hillwalker.status import campaign_status
+
+    try:
+        report = campaign_status(directory)
+    except (FileNotFoundError, StateError) as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    from hillwalker.progress import print_status
+
+    print_status(report)
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,532 @@
+"""The incremental-learning loop (Vandenhaute et al. 2023), in the paper's words.
+
+    generation 0:  perturb the start structure → label the frames (CP2K) → train model 0
+    generation g:  walkers explore with model g-1 and the kept bias → their final frames are
+                   labeled → the dataset grows → model g trains → the bias is snapshotted
+
+Every step is a task with a record in the campaign directory (``state.py``), keyed by a content
+hash of its inputs. Running the loop again replays it: a task whose record is done is not redone,
+so an interrupted campaign resumes where it stopped. The loop never touches Parsl directly; tasks
+go through ``Execution.submit`` (``execution.py``), whose default is this machine.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ase import Atoms
+
+from hillwalker import tasks
+from hillwalker.config import Campaign, load_campaign
+from hillwalker.dataset import read_frames, write_frames
+from hillwalker.files import atomic_write_json
+from hillwalker.state import DONE, FAILED, CampaignDir, file_digest, frame_digest, task_key
+
+log = logging.getLogger("hillwalker.campaign")
+
+
+class CampaignError(RuntimeError):
+    """The campaign cannot go on; the message says why and what to do."""
+
+
+@dataclass
+class Progress:
+    """What the loop is doing now; shown live by the CLI and saved in .hillwalker/run.json."""
+
+    generation: int = 0
+    stage: str = "starting"
+    walkers_done: int = 0
+    walkers_total: int = 0
+    walker_steps: dict[int, int] = field(default_factory=dict)
+    single_points_done: int = 0
+    single_points_failed: int = 0
+    single_points_total: int = 0
+    epoch: int | None = None
+    max_epochs: int | None = None
+    skipped: int = 0  # tasks found done on disk and not redone
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Model:
+    generation: int
+    package: Path
+    compiled: Path
+    metrics: dict[str, Any]
+
+
+class CampaignRun:
+    """One invocation of ``hillwalker run DIR``."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        config: Campaign | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self.dir = CampaignDir(Path(directory))
+        self.cfg = config if config is not None else load_campaign(self.dir.root)
+        self.on_progress = on_progress
+        self.progress = Progress()
+        self._level: Any = None
+        self._stage_seconds: dict[str, float] = {}
+        self._walker_keys: dict[tuple[int, int], tuple[str, dict[str, Any]]] = {}
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def run(self, execution: Any) -> list[Model]:
+        """Run (or resume) the campaign on a started ``Execution``; returns every model."""
+        from hillwalker.engines.cp2k import Level
+
+        m = self.cfg.material
+        self._level = Level.from_file(self.dir.root / m.level)
+        self._level.check_elements(set(self.start_structure().get_chemical_symbols()))
+        self.ex = execution
+        models = [self.generation_zero()]
+        for g in range(1, self.cfg.stop.generations + 1):
+            reason = self.stop_reason(models[-1])
+            if reason:
+                log.info("stopping before generation %d: %s", g, reason)
+                break
+            models.append(self.generation(g, models[-1]))
+        self._report(stage="finished")
+        return models
+
+    def generation_zero(self) -> Model:
+        """Perturb the start structure, label the frames, train the first model."""
+        self._report(generation=0, stage="perturbing")
+        from hillwalker.engines.perturb import perturb
+
+        g0 = self.cfg.generation0
+        frames = perturb(
+            self.start_structure(),
+            g0.frames,
+            position_sigma=g0.position_sigma,
+            strain=g0.cell_strain,
+            seed=self.cfg.seed,
+        )
+        write_frames(self.dir.generation(0) / "frames.extxyz", frames)
+        self._report(stage="labeling")
+        futures = {i: self._label(frame, generation=0, index=i) for i, frame in enumerate(frames)}
+        labeled = self._wait_labels(futures)
+        self._collect(0, labeled)
+        return self._train(0, previous=None)
+
+    def generation(self, g: int, model: Model) -> Model:
+        """Walkers explore with ``model``; their final frames are labeled; the next model trains."""
+        w = self.cfg.walkers
+        self._report(generation=g, stage="exploring", walkers_done=0, walkers_total=w.count)
+        self.dir.bias.mkdir(parents=True, exist_ok=True)
+        walker_futures: dict[cf.Future[Any], int] = {}
+        label_futures: dict[int, cf.Future[Atoms] | Atoms] = {}
+        segments: dict[int, dict[str, Any]] = {}
+        for i in range(w.count):
+            done, fut = self._explore(g, i, model)
+            if done is not None:
+                segments[i] = done
+                label_futures[i] = self._label(done["final_frame"], generation=g, index=i, walker=i)
+            else:
+                walker_futures[fut] = i
+        # single points start as soon as a walker's frame arrives
+        pending = set(walker_futures)
+        t0 = time.perf_counter()
+        while pending:
+            finished, pending = cf.wait(pending, timeout=1.0, return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                i = walker_futures[fut]
+                segments[i] = self._record_walker(g, i, fut)
+                label_futures[i] = self._label(
+                    segments[i]["final_frame"], generation=g, index=i, walker=i
+                )
+            self._report(walkers_done=len(segments))
+        self._stage_seconds["md_wait"] = time.perf_counter() - t0
+        self._report(walkers_done=len(segments), stage="labeling")
+        labeled = self._wait_labels(label_futures)
+        self._collect(g, labeled)
+        self._update_walker_states(g, segments, labeled)
+        from hillwalker.engines.plumed import snapshot_hills
+
+        if w.bias != "none":
+            snapshot_hills(self.dir.bias, self.dir.generation(g) / "hills")
+        return self._train(g, previous=model)
+
+    def stop_reason(self, model: Model) -> str | None:
+        budget = self.cfg.stop.max_single_points
+        spent = len(self.dir.records("single_point"))
+        if budget is not None and spent >= budget:
+            return f"single-point budget spent ({spent} ≥ {budget})"
+        target = self.cfg.stop.target_force_rmse
+        force = model.metrics.get("force_rmse_mev_per_ang")
+        if target is not None and force is not None and force <= target:
+            return f"validation force RMSE {force:.1f} meV/Å ≤ target {target}"
+        return None
+
+    # ---- labeling ----------------------------------------------------------------------------
+    def _label(
+        self, frame: Atoms, *, generation: int, index: int, walker: int | None = None
+    ) -> cf.Future[Atoms] | Atoms:
+        """Submit a single point unless its record says it is finished (done or failed)."""
+        key = task_key("single_point", frame_digest(frame), self._level.digest())
+        self.progress.single_points_total += 1
+        if self.dir.record("single_point", key) is not None:
+            self.progress.skipped += 1
+            return self._finished_label(key)
+        provenance = {
+            "generation": generation,
+            "walker": walker,
+            "level": self._level.name,
+            "task_id": f"sp-{key}",
+            "index": index,
+        }
+        fut = self.ex.submit(
+            "dft",
+            tasks.label_frame,
+            frame,
+            str(self.dir.root / self.cfg.material.level),
+            str(self.dir.task_dir("single_point", key)),
+            command=self.ex.cp2k_command,
+            omp_threads=self.ex.cp2k_omp_threads,
+            timeout=self.cfg.labeling.timeout,
+            min_distance=self.cfg.safety.min_distance,
+            provenance=provenance,
+        )
+        fut.add_done_callback(lambda f, key=key: self._save_label(key, f))
+        return fut
+
+    def _save_label(self, key: str, fut: cf.Future[Atoms]) -> None:
+        """Result file first, record last: a record always points at a complete result."""
+        if fut.exception() is not None:
+            return  # reported by _wait_labels; no record, so a rerun retries it
+        frame = fut.result()
+        result = self.dir.task_dir("single_point", key) / "result.extxyz"
+        write_frames(result, [frame])
+        self.dir.save_record(
+            "single_point",
+            key,
+            {
+                "status": frame.info.get("status", FAILED),
+                "failure": frame.info.get("failure"),
+                "result": str(result.relative_to(self.dir.root)),
+                "seconds": frame.info.get("wall_seconds"),
+                "cp2k_seconds": frame.info.get("cp2k_seconds"),
+            },
+        )
+
+    def _finished_label(self, key: str) -> Atoms:
+        record = self.dir.record("single_point", key)
+        assert record is not None
+        return read_frames(self.dir.root / record["result"])[-1]
+
+    def _wait_labels(self, futures: dict[int, cf.Future[Atoms] | Atoms]) -> dict[int, Atoms]:
+        out: dict[int, Atoms] = {}
+        pending = {f: i for i, f in futures.items() if isinstance(f, cf.Future)}
+        for i, f in futures.items():
+            if not isinstance(f, cf.Future):
+                out[i] = f
+        self._count_labels(out)
+        t0 = time.perf_counter()
+        while pending:
+            finished, _ = cf.wait(set(pending), timeout=1.0, return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                i = pending.pop(fut)
+                exc = fut.exception()
+                if exc is not None:
+                    raise CampaignError(f"single point {i} could not run: {exc}") from exc
+                out[i] = fut.result()
+            self._count_labels(out)
+        self._stage_seconds["dft_wait"] = time.perf_counter() - t0
+        return dict(sorted(out.items()))
+
+    def _count_labels(self, out: dict[int, Atoms]) -> None:
+        records = self.dir.records("single_point")
+        self._report(
+            single_points_done=sum(r["status"] == DONE for r in records),
+            single_points_failed=sum(r["status"] == FAILED for r in records),
+        )
+
+    def _collect(self, g: int, labeled: dict[int, Atoms]) -> None:
+        """The generation's new frames, then the whole dataset, rebuilt in loop order."""
+        write_frames(self.dir.generation(g) / "labeled.extxyz", list(labeled.values()))
+        done: list[Atoms] = []
+        failed: list[Atoms] = []
+        for n in range(g + 1):
+            path = self.dir.generation(n) / "labeled.extxyz"
+            for frame in read_frames(path) if path.exists() else []:
+                (done if frame.info.get("status") == DONE else failed).append(frame)
+        write_frames(self.dir.dataset, done)
+        write_frames(self.dir.failed, failed)
+        log.info(
+            "generation %d: %d new frames, dataset %d frames, %d failed in all",
+            g,
+            sum(f.info.get("status") == DONE for f in labeled.values()),
+            len(done),
+            len(failed),
+        )
+
+    # ---- walkers -----------------------------------------------------------------------------
+    def _walker_inputs(self, g: int, i: int, model: Model) -> dict[str, Any]:
+        """Where walker i starts generation g: its last good state (or the start structure)."""
+        states = self._walker_states(g - 1)
+        start = states.get(str(i)) if self.cfg.walkers.start == "continue" else None
+        start_path = Path(start) if start else self._start_structure_file()
+        return {"start": start_path, "last_safe": start_path}
+
+    def _explore(self, g: int, i: int, model: Model) -> tuple[dict[str, Any] | None, Any]:
+        w = self.cfg.walkers
+        inputs = self._walker_inputs(g, i, model)
+        settings = self._walker_settings()
+        seed = self.cfg.seed * 1000 + g * 100 + i
+        key = task_key(
+            "walker",
+            g,
+            i,
+            file_digest(model.compiled),
+            file_digest(inputs["start"]),
+            settings,
+            seed,
+            w.bias,
+            w.count,
+            file_digest(self.dir.root / self.cfg.material.plumed),
+        )
+        self._walker_keys[(g, i)] = (key, inputs)
+        record = self.dir.record("walker", key)
+        if record is not None and record["status"] in ("ok", "blown_up"):
+            self.progress.skipped += 1
+            record["final_frame"] = read_frames(self.dir.root / record["final"])[-1]
+            return record, None
+        workdir = self.dir.generation(g) / "walkers" / f"w{i}"
+        fut = self.ex.submit(
+            "md",
+            tasks.explore,
+            str(model.compiled),
+            str(inputs["start"]),
+            str(self.dir.root / self.cfg.material.plumed),
+            str(workdir),
+            walker=i,
+            generation=g,
+            n_walkers=w.count,
+            bias_dir=str(self.dir.bias),
+            bias=w.bias,
+            settings=settings,
+            seed=seed,
+            last_safe=str(inputs["last_safe"]),
+        )
+        return None, fut
+
+    def _record_walker(self, g: int, i: int, fut: cf.Future[Any]) -> dict[str, Any]:
+        key, _ = self._walker_keys[(g, i)]
+        exc = fut.exception()
+        if exc is not None:
+            raise CampaignError(f"walker {i} of generation {g} could not run: {exc}") from exc
+        summary = fut.result()
+        final_path = self.dir.task_dir("walker", key) / "final.extxyz"
+        final = summary.pop("final")
+        write_frames(final_path, [final])
+        record = {
+            **summary,
+            "final": str(final_path.relative_to(self.dir.root)),
+            "generation": g,
+            "walker": i,
+            "cv": final.info.get("cv"),
+        }
+        self.dir.save_record("walker", key, record)
+        for event in summary.get("events", []):
+            log.warning("generation %d walker %d: %s", g, i, event)
+        return {**record, "final_frame": final}
+
+    def _update_walker_states(
+        self, g: int, segments: dict[int, dict[str, Any]], labeled: dict[int, Atoms]
+    ) -> None:
+        """A walker whose frame was labeled goes on from its state; otherwise from its last good one."""
+        states = {}
+        for i, seg in segments.items():
+            _, inputs = self._walker_keys[(g, i)]
+            good = seg["status"] == "ok" and labeled[i].info.get("status") == DONE
+            states[str(i)] = seg["state_path"] if good else str(inputs["last_safe"])
+        atomic_write_json(self.dir.generation(g) / "walkers.json", states)
+
+    def _walker_states(self, g: int) -> dict[str, str]:
+        path = self.dir.generation(g) / "walkers.json"
+        if g < 1 or not path.exists():
+            return {}
+        return json.loads(path.read_text())
+
+    def _walker_settings(self) -> dict[str, Any]:
+        w, s = self.cfg.walkers, self.cfg.safety
+        return {
+            "ensemble": w.ensemble,
+            "temperature": w.temperature,
+            "pressure": w.pressure if w.ensemble == "npt" else None,
+            "timestep_fs": w.timestep,
+            "steps": w.steps,
+            "max_force": s.max_force,
+            "min_distance": s.min_distance,
+            "max_temperature": s.max_temperature,
+        }
+
+    # ---- training ----------------------------------------------------------------------------
+    def _train(self, g: int, previous: Model | None) -> Model:
+        t = self.cfg.training
+        warm = previous is not None and t.mode == "warm"
+        epochs = (t.warm_epochs or t.epochs) if warm else t.epochs
+        settings = {
+            "epochs": epochs,
+            "seed": self.cfg.seed + g,
+            "validation_fraction": t.validation_fraction,
+            **t.overrides,
+        }
+        data = self.dir.generation(g) / "train.extxyz"
+        write_frames(data, read_frames(self.dir.dataset))
+        template = self.dir.root / self.cfg.material.nequip
+        init = str(previous.package) if warm and previous is not None else None
+        key = task_key(
+            "train",
+            g,
+            file_digest(data),
+            file_digest(template),
+            settings,
+            file_digest(Path(init)) if init else None,
+        )
+        record = self.dir.record("train", key)
+        if record is not None and record["status"] == DONE:
+            self.progress.skipped += 1
+            return Model(
+                g,
+                self.dir.root / record["package"],
+                self.dir.root / record["compiled"],
+                record["metrics"],
+            )
+        out_dir = self.dir.generation(g) / "model"
+        self._report(stage="training", epoch=0, max_epochs=epochs)
+        fut = self.ex.submit(
+            "train",
+            tasks.train_generation,
+            str(data),
+            str(out_dir),
+            template=str(template),
+            settings=settings,
+            init_from=init,
+        )
+        while True:
+            try:
+                result = fut.result(timeout=1.0)
+                break
+            except cf.TimeoutError:
+                self._training_epoch(out_dir)
+            except Exception as exc:
+                self.dir.save_record(
+                    "train", key, {"status": FAILED, "error": str(exc), "generation": g}
+                )
+                raise CampaignError(
+                    f"training of generation {g} failed: {exc}. Its log is in {out_dir}; after "
+                    "fixing the cause, run again: finished work is kept."
+                ) from exc
+        rel = {
+            k: str(Path(result[k]).relative_to(self.dir.root))
+            for k in ("package", "compiled", "directory")
+        }
+        self.dir.save_record(
+            "train",
+            key,
+            {
+                "status": DONE,
+                "generation": g,
+                **rel,
+                "metrics": result["metrics"],
+                "seconds": result["seconds"],
+            },
+        )
+        log.info("generation %d model: %s", g, result["metrics"])
+        return Model(g, Path(result["package"]), Path(result["compiled"]), result["metrics"])
+
+    def _training_epoch(self, out_dir: Path) -> None:
+        try:
+            data = json.loads((out_dir / "progress.json").read_text())
+        except (OSError, ValueError):
+            return
+        self._report(epoch=data.get("epoch"), max_epochs=data.get("max_epochs"))
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def start_structure(self) -> Atoms:
+        import ase.io
+
+        path = self.dir.root / self.cfg.material.structure
+        atoms = ase.io.read(path)
+        return atoms[-1] if isinstance(atoms, list) else atoms
+
+    def _start_structure_file(self) -> Path:
+        path = self.dir.state / "start.extxyz"
+        if not path.exists():
+            write_frames(path, [self.start_structure()])
+        return path
+
+    def _report(self, **fields: Any) -> None:
+        for key, value in fields.items():
+            setattr(self.progress, key, value)
+        atomic_write_json(self.dir.state / "run.json", self.progress.as_dict())
+        if self.on_progress is not None:
+            self.on_progress(self.progress)
+
+
+def smoke_config(cfg: Campaign) -> Campaign:
+    """One generation with tiny settings: checks the whole path in minutes."""
+    data = cfg.model_dump()
+    data["generation0"].update(frames=min(cfg.generation0.frames, 6))
+    data["walkers"].update(count=min(cfg.walkers.count, 2), steps=min(cfg.walkers.steps, 20))
+    data["training"].update(epochs=min(cfg.training.epochs, 5), warm_epochs=None)
+    data["stop"].update(generations=1, max_single_points=None, target_force_rmse=None)
+    return Campaign.model_validate(data)
+
+
+def run_campaign(
+    directory: str | Path,
+    *,
+    site: Any = None,
+    generations: int | None = None,
+    smoke: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> list[Model]:
+    """Lock the campaign directory, start Parsl for the site, run the loop, always clean up."""
+    from hillwalker.execution import Execution
+
+    root = Path(directory).resolve()
+    cfg = load_campaign(root)
+    if generations is not None:
+        data = cfg.model_dump()
+        data["stop"]["generations"] = generations
+        cfg = Campaign.model_validate(data)
+    if smoke:
+        cfg = smoke_config(cfg)
+    cdir = CampaignDir(root)
+    with cdir.locked():
+        handler = _file_log(cdir.log)
+        try:
+            log.info("run %s (site: %s)", root, getattr(site, "name", None) or "local")
+            runner = CampaignRun(root, config=cfg, on_progress=on_progress)
+            with Execution(site, run_dir=root) as ex:
+                return runner.run(ex)
+        except BaseException as exc:
+            log.error("run stopped: %s: %s", type(exc).__name__, exc)
+            raise
+        finally:
+            logging.getLogger("hillwalker").removeHandler(handler)
+            handler.close()
+
+
+def _file_log(path: Path) -> logging.Handler:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("hillwalker")
+    root.setLevel(logging.INFO)
+    root.addHandler(handler)
+    return handler

@@ -1,0 +1,190 @@
+"""The campaign directory as the campaign's only memory.
+
+Every task (a single point, a walker segment, a training run) has a *record*: a JSON file named by
+a content hash of the task's inputs, written atomically and only once the task's result files are
+complete, so the record is the completion marker. Resuming a campaign replays its loop and skips
+every task whose record says ``done``. Parsl's own memoization is never used for this (it keys
+functions by name only).
+
+Layout::
+
+    campaign.yaml, structure, levels/, plumed.dat, nequip.yaml   the material (from a template)
+    dataset.extxyz        every labeled frame, in loop order (derived from the records)
+    failed.extxyz         frames whose labeling failed, with their failure class
+    generations/NNN/      frames.extxyz (new frames), model/, hills/ (bias snapshot), walkers/
+    bias/                 the live HILLS files the walkers share
+    .hillwalker/          tasks/<kind>/<key>.json records, tasks/<kind>/<key>/ work dirs,
+                          lock, run.log, run.json (what the last run was doing)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from hillwalker.files import atomic_write_json
+
+STATE_DIR = ".hillwalker"
+
+DONE = "done"
+FAILED = "failed"
+
+
+class StateError(RuntimeError):
+    """A state file is corrupt or the campaign directory is in use; the message says what to do."""
+
+
+class CampaignLocked(StateError):  # noqa: N818 - reads as a state, like FileExistsError
+    pass
+
+
+def frame_digest(atoms: Atoms) -> str:
+    """Content hash of a frame's geometry (species, positions, cell, periodicity)."""
+    h = hashlib.sha256()
+    h.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(atoms.positions, dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(atoms.cell.array, dtype=np.float64).tobytes())
+    h.update(np.asarray(atoms.pbc, dtype=np.bool_).tobytes())
+    return h.hexdigest()
+
+
+def task_key(*parts: Any) -> str:
+    """Content hash of a task's inputs (strings, numbers, dicts, lists — JSON-serialisable)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class CampaignDir:
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root).resolve()
+
+    # -- paths ---------------------------------------------------------------------------------
+    @property
+    def state(self) -> Path:
+        return self.root / STATE_DIR
+
+    @property
+    def dataset(self) -> Path:
+        return self.root / "dataset.extxyz"
+
+    @property
+    def failed(self) -> Path:
+        return self.root / "failed.extxyz"
+
+    @property
+    def bias(self) -> Path:
+        return self.root / "bias"
+
+    @property
+    def log(self) -> Path:
+        return self.state / "run.log"
+
+    def generation(self, n: int) -> Path:
+        return self.root / "generations" / f"{n:03d}"
+
+    def task_dir(self, kind: str, key: str) -> Path:
+        return self.state / "tasks" / kind / key
+
+    def _record_path(self, kind: str, key: str) -> Path:
+        return self.state / "tasks" / kind / f"{key}.json"
+
+    # -- records -------------------------------------------------------------------------------
+    def record(self, kind: str, key: str) -> dict[str, Any] | None:
+        """The record of a task, or None if it never finished."""
+        path = self._record_path(kind, key)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise StateError(
+                f"{path}: corrupt task record ({exc.msg} at line {exc.lineno}). Delete this file "
+                "and run again: that one task will be redone."
+            ) from None
+        if not isinstance(data, dict) or "status" not in data:
+            raise StateError(f"{path}: task record without 'status'. Delete it and run again.")
+        return data
+
+    def save_record(self, kind: str, key: str, data: dict[str, Any]) -> None:
+        atomic_write_json(self._record_path(kind, key), {"key": key, "kind": kind, **data})
+
+    def records(self, kind: str) -> list[dict[str, Any]]:
+        folder = self.state / "tasks" / kind
+        if not folder.is_dir():
+            return []
+        return [r for p in sorted(folder.glob("*.json")) if (r := self.record(kind, p.stem))]
+
+    # -- lock ----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the campaign lock; refuse if a live process holds it, take over a stale one."""
+        self.state.mkdir(parents=True, exist_ok=True)
+        path = self.state / "lock"
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_lock(path)
+                if holder and _alive(holder):
+                    raise CampaignLocked(
+                        f"{self.root} is in use by process {holder['pid']} on {holder['host']} "
+                        f"(lock {path}); wait for it to finish or stop it first"
+                    ) from None
+                path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as handle:
+                json.dump(me, handle)
+            break
+        else:
+            raise CampaignLocked(f"could not take the lock {path}")
+        try:
+            yield
+        finally:
+            holder = _read_lock(path)
+            if holder and holder.get("pid") == me["pid"]:
+                path.unlink(missing_ok=True)
+
+
+def _read_lock(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # half-written by a killed process: stale
+    return data if isinstance(data, dict) else None
+
+
+def _alive(holder: dict[str, Any]) -> bool:
+    if holder.get("host") != socket.gethostname():
+        return True  # can't tell for another host: assume it is alive
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

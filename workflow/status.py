@@ -1,0 +1,134 @@
+"""`hillwalker status DIR`: what a campaign has done, read only from its directory."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from hillwalker.state import DONE, FAILED, CampaignDir, _alive, _read_lock
+
+
+def campaign_status(directory: str | Path) -> dict[str, Any]:
+    """The status as a dict (the ``--json`` output; keys documented in the README)."""
+    cdir = CampaignDir(Path(directory))
+    if not (cdir.root / "campaign.yaml").is_file():
+        raise FileNotFoundError(f"{cdir.root}: not a campaign directory (no campaign.yaml)")
+    sps = cdir.records("single_point")
+    walkers = cdir.records("walker")
+    trains = cdir.records("train")
+
+    models = sorted((r for r in trains if r["status"] == DONE), key=lambda r: r["generation"])
+    generations = []
+    for r in models:
+        g = r["generation"]
+        new = [s for s in sps if _generation_of(cdir, s) == g]
+        generations.append(
+            {
+                "generation": g,
+                "model": str(cdir.root / r["compiled"]),
+                "package": str(cdir.root / r["package"]),
+                "validation": r.get("metrics", {}),
+                "single_points_done": sum(s["status"] == DONE for s in new),
+                "single_points_failed": sum(s["status"] == FAILED for s in new),
+                "training_seconds": r.get("seconds"),
+            }
+        )
+
+    cv_range: dict[str, list[float]] = {}
+    for w in walkers:
+        for name, value in (w.get("cv") or {}).items():
+            if isinstance(value, int | float):
+                lo, hi = cv_range.get(name, [value, value])
+                cv_range[name] = [min(lo, value), max(hi, value)]
+    cv_range.update(_colvar_ranges(cdir))
+
+    run = _read_json(cdir.state / "run.json") or {}
+    holder = _read_lock(cdir.state / "lock")
+    running = bool(holder and _alive(holder))
+    finished = run.get("stage") == "finished"
+    unfinished = {kind: _unfinished(cdir, kind) for kind in ("single_point", "walker", "train")}
+    return {
+        "directory": str(cdir.root),
+        "generations_done": len(models),
+        "generations": generations,
+        "single_points": {
+            "done": sum(s["status"] == DONE for s in sps),
+            "failed": sum(s["status"] == FAILED for s in sps),
+            "failed_by_class": dict(
+                Counter(s.get("failure") or "unknown" for s in sps if s["status"] == FAILED)
+            ),
+        },
+        "cv_range": cv_range,
+        "wall_time_seconds": {
+            "md": round(sum(w.get("seconds") or 0 for w in walkers), 2),
+            "dft": round(sum(s.get("seconds") or 0 for s in sps), 2),
+            "train": round(sum(t.get("seconds") or 0 for t in models), 2),
+        },
+        "state": "running"
+        if running
+        else ("finished" if finished else ("interrupted" if run else "new")),
+        "last_progress": run,
+        "will_redo": unfinished if not running else {},
+        "dataset": str(cdir.dataset),
+        "slurm_blocks": run.get("blocks", []),
+    }
+
+
+def _generation_of(cdir: CampaignDir, record: dict[str, Any]) -> int | None:
+    result = cdir.root / record.get("result", "")
+    try:
+        with result.open() as handle:
+            handle.readline()
+            header = handle.readline()
+    except OSError:
+        return None
+    for token in header.split():
+        if token.startswith("generation="):
+            try:
+                return int(token.split("=", 1)[1])
+            except ValueError:
+                return None
+    return None
+
+
+def _colvar_ranges(cdir: CampaignDir) -> dict[str, list[float]]:
+    """Min/max of every CV over all walker COLVAR traces (PLUMED units as printed)."""
+    ranges: dict[str, list[float]] = {}
+    for colvar in sorted(cdir.root.glob("generations/*/walkers/w*/COLVAR*")):
+        names: list[str] = []
+        for line in colvar.read_text(errors="replace").splitlines():
+            if line.startswith("#! FIELDS"):
+                names = line.split()[2:]
+                continue
+            if not line or line.startswith("#"):
+                continue
+            for name, text in zip(names, line.split(), strict=False):
+                if name == "time" or ".bias" in name or name.endswith("bias"):
+                    continue
+                try:
+                    value = float(text)
+                except ValueError:
+                    continue
+                lo, hi = ranges.get(name, [value, value])
+                ranges[name] = [min(lo, value), max(hi, value)]
+    return ranges
+
+
+def _unfinished(cdir: CampaignDir, kind: str) -> int:
+    """Task directories that were started but have no record: redone by the next run."""
+    folder = cdir.state / "tasks" / kind
+    if not folder.is_dir():
+        return 0
+    return sum(
+        1 for p in folder.iterdir() if p.is_dir() and not (folder / f"{p.name}.json").exists()
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
