@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from ase import Atoms
 
 from hillwalker import tasks
 from hillwalker.config import Campaign, load_campaign
 from hillwalker.dataset import read_frames, write_frames
-from hillwalker.files import atomic_write_json
+from hillwalker.files import atomic_write_json, atomic_write_text
 from hillwalker.state import DONE, FAILED, CampaignDir, file_digest, frame_digest, task_key
 
 log = logging.getLogger("hillwalker.campaign")
@@ -477,6 +478,65 @@ class CampaignRun:
             self.on_progress(self.progress)
 
 
+#: settings that the existing data or bias depend on: changing them needs ``--force``
+UNSAFE_CHANGES = {
+    "level": "the level of theory of the existing labels",
+    "structure": "the start structure of generation 0",
+    "plumed": "the collective variables of the kept bias",
+    "generation0": "the frames of generation 0",
+    "seed": "the seed every finished task was keyed with",
+}
+
+
+def check_changes(cdir: CampaignDir, cfg: Campaign, *, force: bool = False) -> list[str]:
+    """Compare campaign.yaml (and the files it names) with what the last run used.
+
+    Safe changes (more generations, more walkers, other epochs or thresholds) are applied and
+    returned as notes; unsafe ones raise :class:`CampaignError` unless ``force``.
+    """
+    root = cdir.root
+    m = cfg.material
+    now = {
+        "level": file_digest(root / m.level),
+        "structure": file_digest(root / m.structure),
+        "plumed": file_digest(root / m.plumed),
+        "generation0": cfg.generation0.model_dump(),
+        "seed": cfg.seed,
+        "config": cfg.model_dump(),
+    }
+    path = cdir.state / "inputs.json"
+    try:
+        before = json.loads(path.read_text())
+    except FileNotFoundError:
+        before = None
+    except ValueError:
+        raise CampaignError(
+            f"{path}: corrupt (unreadable JSON). Delete it to accept the current campaign.yaml as is."
+        ) from None
+    notes: list[str] = []
+    if before is not None:
+        unsafe = [
+            f"{key} changed: {why}"
+            for key, why in UNSAFE_CHANGES.items()
+            if before.get(key) != now[key]
+        ]
+        if unsafe and not force:
+            raise CampaignError(
+                f"{root / 'campaign.yaml'}: unsafe change since the last run: "
+                + "; ".join(unsafe)
+                + ". Undo it, start a new campaign directory, or run with --force to go on anyway."
+            )
+        notes = [f"forced: {u}" for u in unsafe]
+        old, new = before.get("config", {}), now["config"]
+        for section in sorted(set(old) | set(new)):
+            if old.get(section) != new.get(section) and section not in UNSAFE_CHANGES:
+                notes.append(
+                    f"applied change in {section}: {old.get(section)} -> {new.get(section)}"
+                )
+    atomic_write_json(path, now)
+    return notes
+
+
 def smoke_config(cfg: Campaign) -> Campaign:
     """One generation with tiny settings: checks the whole path in minutes."""
     data = cfg.model_dump()
@@ -493,6 +553,7 @@ def run_campaign(
     site: Any = None,
     generations: int | None = None,
     smoke: bool = False,
+    force: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> list[Model]:
     """Lock the campaign directory, start Parsl for the site, run the loop, always clean up."""
@@ -505,12 +566,15 @@ def run_campaign(
         data["stop"]["generations"] = generations
         cfg = Campaign.model_validate(data)
     if smoke:
-        cfg = smoke_config(cfg)
+        root = _smoke_dir(root, cfg)
+        cfg = load_campaign(root)
     cdir = CampaignDir(root)
     with cdir.locked():
         handler = _file_log(cdir.log)
         try:
             log.info("run %s (site: %s)", root, getattr(site, "name", None) or "local")
+            for note in check_changes(cdir, cfg, force=force):
+                log.warning("%s", note)
             runner = CampaignRun(root, config=cfg, on_progress=on_progress)
             with Execution(site, run_dir=root) as ex:
                 return runner.run(ex)
@@ -520,6 +584,19 @@ def run_campaign(
         finally:
             logging.getLogger("hillwalker").removeHandler(handler)
             handler.close()
+
+
+def _smoke_dir(root: Path, cfg: Campaign) -> Path:
+    """A scratch campaign in DIR/.hillwalker/smoke: tiny settings, same material files.
+
+    The smoke run leaves the real campaign's records, dataset and bias alone.
+    """
+    smoke = root / ".hillwalker" / "smoke"
+    data = smoke_config(cfg).model_dump()
+    data["material"] = {k: str((root / v).resolve()) for k, v in data["material"].items()}
+    smoke.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(smoke / "campaign.yaml", yaml.safe_dump(data, sort_keys=False))
+    return smoke
 
 
 def _file_log(path: Path) -> logging.Handler:

@@ -71,6 +71,9 @@ def run(
     smoke: Annotated[
         bool, typer.Option("--smoke", help="One generation with tiny settings, to check the path.")
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Go on despite an unsafe change of campaign.yaml.")
+    ] = False,
 ) -> None:
     """Run a campaign, or resume it where it stopped."""
     from hillwalker.campaign import CampaignError, run_campaign

@@ -1,0 +1,100 @@
+"""The whole loop on real components: CP2K xTB, the PLUMED kernel, NequIP, Parsl HTEX."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hillwalker.campaign import run_campaign
+from hillwalker.dataset import read_frames
+from hillwalker.engines.plumed import read_hills
+
+HILLWALKER = str(Path(sys.executable).parent / "hillwalker")
+
+TINY = {
+    "name": "tiny",
+    "material": {
+        "structure": "structure.cif",
+        "level": "levels/xtb.inp",
+        "plumed": "plumed.dat",
+        "nequip": "nequip.yaml",
+    },
+    "generation0": {"frames": 4, "position_sigma": 0.03, "cell_strain": 0.02},
+    "walkers": {"count": 2, "ensemble": "npt", "temperature": 300.0, "timestep": 0.5,
+                "steps": 40, "bias": "shared"},
+    "training": {"mode": "warm", "epochs": 4, "warm_epochs": 2, "validation_fraction": 0.25,
+                 "overrides": {"num_features": 8, "batch_size": 2}},
+    "stop": {"generations": 2},
+    "seed": 7,
+}
+
+
+def make_campaign(root: Path, **changes) -> Path:
+    template = resources.files("hillwalker.templates") / "mil53-al"
+    with resources.as_file(template) as src:
+        shutil.copytree(src, root)
+    config = json.loads(json.dumps(TINY))
+    for section, values in changes.items():
+        config[section].update(values)
+    (root / "campaign.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+@pytest.mark.slow
+def test_two_generations_end_to_end(tmp_path):
+    root = make_campaign(tmp_path / "c")
+    models = run_campaign(root)
+    assert [m.generation for m in models] == [0, 1, 2]
+
+    # the dataset grows by the successful walker frames of each generation
+    sizes = []
+    for g in range(3):
+        new = read_frames(root / f"generations/{g:03d}/labeled.extxyz")
+        assert len(new) == (4 if g == 0 else 2)
+        assert all(f.info["generation"] == g for f in new)
+        sizes.append(sum(f.info["status"] == "done" for f in new))
+    dataset = read_frames(root / "dataset.extxyz")
+    assert len(dataset) == sum(sizes) and sizes[1] + sizes[2] > 0
+    assert [f.info["generation"] for f in dataset] == sorted(f.info["generation"] for f in dataset)
+
+    # the bias is kept: generation 2 goes on from generation 1's hills
+    h1 = read_hills(root / "generations/001/hills")
+    h2 = read_hills(root / "generations/002/hills")
+    assert 0 < len(h1.heights) < len(h2.heights)
+    assert set(map(tuple, h1.centers.reshape(len(h1.heights), -1).round(8))) <= set(
+        map(tuple, h2.centers.reshape(len(h2.heights), -1).round(8))
+    )
+
+    # every generation's model exists and evaluates
+    for m in models:
+        assert m.compiled.is_file() and m.package.is_file()
+    out = subprocess.run(
+        [HILLWALKER, "evaluate", str(models[-1].compiled), str(root / "dataset.extxyz"), "--json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["n_frames"] == len(dataset)
+
+    status = json.loads(
+        subprocess.run([HILLWALKER, "status", str(root), "--json"], capture_output=True, text=True,
+                       check=True).stdout
+    )
+    assert status["generations_done"] == 3
+    assert status["state"] == "finished"
+    assert status["single_points"]["done"] == len(dataset)
+    assert status["cv_range"]
+
+    # run again: everything is found done, nothing is recomputed
+    before = sorted(p.name for p in (root / ".hillwalker/tasks/single_point").glob("*.json"))
+    seen = []
+    run_campaign(root, on_progress=lambda p: seen.append(p.skipped))
+    after = sorted(p.name for p in (root / ".hillwalker/tasks/single_point").glob("*.json"))
+    assert before == after
+    assert seen[-1] == 4 + 2 * 2 + 2 * 2 + 3  # single points + walkers + trainings
