@@ -80,8 +80,11 @@ class CampaignRun:
         self.on_progress = on_progress
         self.progress = Progress()
         self._level: Any = None
-        self._stage_seconds: dict[str, float] = {}
         self._walker_keys: dict[tuple[int, int], tuple[str, dict[str, Any]]] = {}
+        self._intervals: list[
+            tuple[str, float, float]
+        ] = []  # (kind, start, end) of this generation
+        self._generation_start = time.time()
 
     # ---- the loop ----------------------------------------------------------------------------
     def run(self, execution: Any) -> list[Model]:
@@ -104,6 +107,7 @@ class CampaignRun:
 
     def generation_zero(self) -> Model:
         """Perturb the start structure, label the frames, train the first model."""
+        self._begin_generation(0)
         self._report(generation=0, stage="perturbing")
         from hillwalker.engines.perturb import perturb
 
@@ -125,6 +129,7 @@ class CampaignRun:
     def generation(self, g: int, model: Model) -> Model:
         """Walkers explore with ``model``; their final frames are labeled; the next model trains."""
         w = self.cfg.walkers
+        self._begin_generation(g)
         self._report(generation=g, stage="exploring", walkers_done=0, walkers_total=w.count)
         self.dir.bias.mkdir(parents=True, exist_ok=True)
         walker_futures: dict[cf.Future[Any], int] = {}
@@ -139,7 +144,6 @@ class CampaignRun:
                 walker_futures[fut] = i
         # single points start as soon as a walker's frame arrives
         pending = set(walker_futures)
-        t0 = time.perf_counter()
         while pending:
             finished, pending = cf.wait(pending, timeout=1.0, return_when=cf.FIRST_COMPLETED)
             for fut in finished:
@@ -149,7 +153,6 @@ class CampaignRun:
                     segments[i]["final_frame"], generation=g, index=i, walker=i
                 )
             self._report(walkers_done=len(segments))
-        self._stage_seconds["md_wait"] = time.perf_counter() - t0
         self._report(walkers_done=len(segments), stage="labeling")
         labeled = self._wait_labels(label_futures)
         self._collect(g, labeled)
@@ -203,11 +206,12 @@ class CampaignRun:
         fut.add_done_callback(lambda f, key=key: self._save_label(key, f))
         return fut
 
-    def _save_label(self, key: str, fut: cf.Future[Atoms]) -> None:
+    def _save_label(self, key: str, fut: cf.Future[Any]) -> None:
         """Result file first, record last: a record always points at a complete result."""
         if fut.exception() is not None:
             return  # reported by _wait_labels; no record, so a rerun retries it
-        frame = fut.result()
+        frame, timing = fut.result()
+        self._intervals.append(("dft", *timing["interval"]))
         result = self.dir.task_dir("single_point", key) / "result.extxyz"
         write_frames(result, [frame])
         self.dir.save_record(
@@ -217,8 +221,8 @@ class CampaignRun:
                 "status": frame.info.get("status", FAILED),
                 "failure": frame.info.get("failure"),
                 "result": str(result.relative_to(self.dir.root)),
-                "seconds": frame.info.get("wall_seconds"),
-                "cp2k_seconds": frame.info.get("cp2k_seconds"),
+                "generation": frame.info.get("generation"),
+                **timing,
             },
         )
 
@@ -234,7 +238,6 @@ class CampaignRun:
             if not isinstance(f, cf.Future):
                 out[i] = f
         self._count_labels(out)
-        t0 = time.perf_counter()
         while pending:
             finished, _ = cf.wait(set(pending), timeout=1.0, return_when=cf.FIRST_COMPLETED)
             for fut in finished:
@@ -242,9 +245,8 @@ class CampaignRun:
                 exc = fut.exception()
                 if exc is not None:
                     raise CampaignError(f"single point {i} could not run: {exc}") from exc
-                out[i] = fut.result()
+                out[i] = fut.result()[0]
             self._count_labels(out)
-        self._stage_seconds["dft_wait"] = time.perf_counter() - t0
         return dict(sorted(out.items()))
 
     def _count_labels(self, out: dict[int, Atoms]) -> None:
@@ -329,6 +331,7 @@ class CampaignRun:
         if exc is not None:
             raise CampaignError(f"walker {i} of generation {g} could not run: {exc}") from exc
         summary = fut.result()
+        self._intervals.append(("md", *summary["interval"]))
         final_path = self.dir.task_dir("walker", key) / "final.extxyz"
         final = summary.pop("final")
         write_frames(final_path, [final])
@@ -447,6 +450,7 @@ class CampaignRun:
             },
         )
         log.info("generation %d model: %s", g, result["metrics"])
+        self._write_timings(g)
         return Model(g, Path(result["package"]), Path(result["compiled"]), result["metrics"])
 
     def _training_epoch(self, out_dir: Path) -> None:
@@ -455,6 +459,47 @@ class CampaignRun:
         except (OSError, ValueError):
             return
         self._report(epoch=data.get("epoch"), max_epochs=data.get("max_epochs"))
+
+    # ---- timings -----------------------------------------------------------------------------
+    def _begin_generation(self, g: int) -> None:
+        self._intervals = []
+        self._generation_start = time.time()
+        self._skipped_before = self.progress.skipped
+
+    def _write_timings(self, g: int) -> None:
+        """Wall time of the generation split by what ran; 'other' is time with no task running."""
+        end = time.time()
+        wall = end - self._generation_start
+        busy: dict[str, float] = {}
+        for kind in ("md", "dft", "train"):
+            busy[kind] = _union([(a, b) for k, a, b in self._intervals if k == kind])
+        any_task = _union([(a, b) for _, a, b in self._intervals])
+        dft = [(a, b) for k, a, b in self._intervals if k == "dft"]
+        labeling = {}
+        if dft:
+            window = max(b for _, b in dft) - min(a for a, _ in dft)
+            cores = getattr(self.ex, "cores", 1) or 1
+            labeling = {
+                "window_seconds": window,
+                "task_seconds": sum(b - a for a, b in dft),
+                "cores": cores,
+                "core_busy_fraction": sum(b - a for a, b in dft) / (cores * window)
+                if window > 0
+                else None,
+            }
+        atomic_write_json(
+            self.dir.generation(g) / "timings.json",
+            {
+                "generation": g,
+                "wall_seconds": wall,
+                "busy_seconds": busy,
+                "idle_seconds": wall - any_task,
+                "overhead_fraction": (wall - any_task) / wall if wall > 0 else None,
+                "labeling": labeling,
+                # a resumed generation's timings miss the tasks found done
+                "resumed": self.progress.skipped > self._skipped_before,
+            },
+        )
 
     # ---- helpers -----------------------------------------------------------------------------
     def start_structure(self) -> Atoms:
@@ -535,6 +580,17 @@ def check_changes(cdir: CampaignDir, cfg: Campaign, *, force: bool = False) -> l
                 )
     atomic_write_json(path, now)
     return notes
+
+
+def _union(intervals: list[tuple[float, float]]) -> float:
+    """Total length covered by a set of time intervals."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
 
 
 def smoke_config(cfg: Campaign) -> Campaign:

@@ -36,10 +36,11 @@ def label_frame(
     timeout: float,
     min_distance: float,
     provenance: dict[str, Any],
-) -> Atoms:
-    """One CP2K single point → the frame with labels (or with ``status=failed`` and its class)."""
+) -> tuple[Atoms, dict[str, Any]]:
+    """One CP2K single point → (the frame with labels or ``status=failed`` and its class, timing)."""
     from hillwalker.engines.cp2k import Level, single_point
 
+    started = time.time()
     level = Level.from_file(level_path)
     result = single_point(
         frame,
@@ -51,9 +52,12 @@ def label_frame(
         min_distance=min_distance,
     )
     labeled = result.to_atoms(frame, **provenance)
-    labeled.info["cp2k_seconds"] = float(result.cp2k_seconds)
-    labeled.info["wall_seconds"] = float(result.wall_seconds)
-    return labeled
+    timing = {
+        "interval": [started, time.time()],
+        "cp2k_seconds": float(result.cp2k_seconds),
+        "seconds": float(result.wall_seconds),
+    }
+    return labeled, timing
 
 
 def train_generation(
@@ -68,7 +72,7 @@ def train_generation(
     """Train (or warm-start) one generation's model; returns paths and validation metrics."""
     from hillwalker.engines.nequip import TrainSettings, train
 
-    start = time.perf_counter()
+    started = time.time()
     model = train(
         Path(data),
         Path(out_dir),
@@ -83,7 +87,8 @@ def train_generation(
         "compiled": str(model.compiled),
         "record": str(model.record),
         "metrics": dict(model.metrics),
-        "seconds": time.perf_counter() - start,
+        "interval": [started, time.time()],
+        "seconds": time.time() - started,
     }
 
 
@@ -108,7 +113,7 @@ def explore(
     from hillwalker.engines.walkers import WalkerSettings, run_segment_from_model
 
     _threads(threads)
-    t0 = time.perf_counter()
+    started = time.time()
     safe = read_frames(last_safe)[-1] if last_safe else None
     segment = run_segment_from_model(
         Path(model),
@@ -133,5 +138,6 @@ def explore(
         "end_step": int(segment.end_step),
         "colvar": str(segment.colvar),
         "events": list(segment.events),
-        "seconds": time.perf_counter() - t0,
+        "interval": [started, time.time()],
+        "seconds": time.time() - started,
     }
