@@ -29,6 +29,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from hillwalker.campaign import run_campaign
+    from hillwalker.status import campaign_status
 
     if args.campaign is None:
         work = Path(tempfile.mkdtemp(prefix="bench-campaign-"))
@@ -70,9 +71,7 @@ def main() -> None:
                 "resumed": t.get("resumed", False),
             }
         )
-    status = json.loads(
-        json.dumps(__import__("hillwalker.status", fromlist=["x"]).campaign_status(campaign))
-    )
+    status = campaign_status(campaign)
     print(
         json.dumps(
             {
