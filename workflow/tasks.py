@@ -77,7 +77,7 @@ def train_generation(
         Path(data),
         Path(out_dir),
         template=Path(template),
-        settings=TrainSettings(**settings),
+        settings=TrainSettings.from_template(Path(template), **settings),
         init_from=Path(init_from) if init_from else None,
         device=device,
     )
