@@ -1,0 +1,749 @@
+"""Metadynamics walkers: one MD segment of one walker, biased by PLUMED, with safety checks.
+
+A walker is a start structure, a state (positions, momenta, cell, step counter), thermostat and
+barostat settings, the material's PLUMED input and its hills. :func:`run_segment` runs one segment
+(NVT Langevin, or full-cell NPT with ``MTKNPT``) of ``settings.steps`` steps with the model
+calculator wrapped by ``ase.calculators.plumed.Plumed`` (which adds the bias virial to the stress,
+so a bias on ``VOLUME`` acts on the barostat) and returns a :class:`WalkerSegment`.
+
+Continuing
+    A segment starts from an ``Atoms`` or a state file of a previous segment; momenta, cell and
+    the step counter (``info["step"]``) carry over, so PLUMED's time and strides run on across
+    segments and generations. Thermostat/barostat chain variables are not carried over (they are
+    re-initialised each segment). PLUMED never deposits a hill on the first step of a run, so the
+    step shared by the end of one segment and the start of the next is deposited once.
+
+Shared, persistent bias
+    Every walker deposits into ``<bias_dir>/HILLS.<walker>`` (PLUMED multiple walkers, see
+    :mod:`hillwalker.engines.plumed`) and every segment restarts from all files (``RESTART``), so
+    the bias outlives segments, generations and models. A reset (to the start structure or a
+    last safe state) changes the walker's state only, never the hills.
+
+A killed segment re-run adds no hills twice
+    Each walker's hills file is written by that walker alone. Before the MD starts the segment
+    writes ``<bias_dir>/.segments/walker-<i>.json`` (atomically) with the file's size in bytes and
+    hill count; it is marked ``done`` as the last act of the segment. When a segment starts and
+    finds its walker's record still ``running`` (the previous segment was killed), or ``done``
+    for the same generation (the segment is being re-run), the hills file is rolled back to the
+    recorded size — checked against the recorded hill count — by an atomic rewrite, and the event
+    is logged. A lock (``flock`` on ``walker-<i>.lock``, released by the OS even on SIGKILL) stops
+    two live copies of one walker. Other walkers running at that moment keep the rolled-back
+    hills they had already read until their own segment ends (their next segment re-reads the
+    files); a re-run's new hills reach them from their next segment on. Use one workdir per
+    (generation, walker): the segment clears its own COLVAR/log there before it starts.
+
+Safety
+    After every step: finite energy, largest force ≤ ``max_force`` (eV/Å), temperature ≤
+    ``max_temperature`` (K); every ``check_stride`` steps also the shortest interatomic distance
+    ≥ ``min_distance`` (Å), and a state that passes all checks becomes the last safe state. Any
+    exception from the calculator or integrator (e.g. numpy ``LinAlgError`` in MTKNPT) is a
+    blow-up too. On a blow-up the segment stops, the walker goes back to the last safe state
+    (positions and cell; momenta re-drawn at the temperature, the step counter kept going) and
+    the event is recorded with the step and reason.
+
+Units: ASE's inside (Å, eV, eV/Å³, ASE time); ``temperature`` K, ``pressure`` GPa (converted to
+eV/Å³ with ``ase.units.GPa``), times in fs (converted with ``ase.units.fs``). CV values in
+``info["cv"]`` are in PLUMED units (e.g. a ``VOLUME`` in nm³), the bias in ``info["bias"]`` eV.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import ase.io
+import numpy as np
+from ase import Atoms, units
+from ase.calculators.calculator import Calculator
+from ase.calculators.plumed import Plumed
+from ase.io.trajectory import TrajectoryWriter
+from ase.md.langevin import Langevin
+from ase.md.md import MolecularDynamics
+from ase.md.nose_hoover_chain import MTKNPT
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.neighborlist import neighbor_list
+
+from hillwalker.engines.plumed import (
+    BIAS_MODES,
+    PlumedInputError,
+    clean_input,
+    count_hills,
+    count_hills_in_bytes,
+    hills_file,
+    hills_files,
+    init_bias_dir,
+    keyword_value,
+    metad_label,
+    parse_action,
+    prepare_input,
+)
+from hillwalker.engines.plumed_kernel import use_kernel
+from hillwalker.files import atomic_open, atomic_write_json, atomic_write_text
+
+Ensemble = Literal["nvt", "npt"]
+SegmentStatus = Literal["ok", "blown_up"]
+
+STATE_NAME = "state.traj"
+LOG_NAME = "walker.log"
+PLUMED_LOG_NAME = "plumed.log"
+PLUMED_INPUT_NAME = "plumed.dat"
+COLVAR_NAME = "COLVAR"
+TRAJECTORY_NAME = "trajectory.traj"
+
+
+class WalkerError(RuntimeError):
+    """A segment that cannot start (bad state file, walker busy, hills that do not add up)."""
+
+
+@dataclass
+class WalkerSettings:
+    """How a walker moves. Units: K, GPa, fs, eV/Å, Å."""
+
+    ensemble: Ensemble = "nvt"
+    temperature: float = 300.0
+    #: external pressure for ``npt`` (GPa); None means 0
+    pressure: float | None = None
+    timestep_fs: float = 1.0
+    steps: int = 500
+    #: Langevin friction (nvt), 1/fs
+    friction_per_fs: float = 0.01
+    #: MTK thermostat and barostat damping times (npt), fs
+    thermostat_time_fs: float = 100.0
+    barostat_time_fs: float = 1000.0
+    #: write every n-th state to trajectory.traj (0: none)
+    trajectory_stride: int = 0
+    #: overrides the STRIDE of the input's PRINT actions (None: keep the input's)
+    cv_stride: int | None = None
+    #: a line in walker.log every n steps
+    log_stride: int = 10
+    #: how often (steps) walkers read each other's hills; None: the input's, else METAD's PACE
+    walkers_rstride: int | None = None
+    # safety thresholds
+    max_force: float = 25.0
+    min_distance: float = 0.6
+    max_temperature: float = 3000.0
+    #: distance check and last-safe-state copy every n steps (the other checks run every step)
+    check_stride: int = 10
+
+    def __post_init__(self) -> None:
+        if self.ensemble not in ("nvt", "npt"):
+            raise ValueError(f"ensemble {self.ensemble!r}: expected 'nvt' or 'npt'")
+        positive = (
+            "temperature",
+            "timestep_fs",
+            "friction_per_fs",
+            "thermostat_time_fs",
+            "barostat_time_fs",
+            "max_force",
+            "min_distance",
+            "max_temperature",
+        )
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} = {getattr(self, name)!r}: must be > 0")
+        if self.steps < 0:
+            raise ValueError(f"steps = {self.steps}: must be >= 0")
+        for name in ("log_stride", "check_stride"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} = {getattr(self, name)}: must be >= 1")
+        if self.trajectory_stride < 0:
+            raise ValueError(f"trajectory_stride = {self.trajectory_stride}: must be >= 0")
+
+    @property
+    def pressure_ev_per_a3(self) -> float:
+        return (self.pressure or 0.0) * units.GPa
+
+
+@dataclass
+class WalkerSegment:
+    """What one segment of one walker produced."""
+
+    walker: int
+    generation: int
+    status: SegmentStatus
+    steps_done: int
+    start_step: int
+    end_step: int
+    #: the state to continue from; info: walker, generation, step, cv, bias (eV), model
+    final: Atoms
+    #: ``final`` on disk (ASE .traj: positions, momenta, cell, step)
+    state_path: Path
+    colvar: Path
+    #: the hills files the walker's bias was made of
+    hills: list[Path]
+    log: Path
+    events: list[dict[str, Any]] = field(default_factory=list)
+    plumed_log: Path | None = None
+    #: hills this segment deposited (in its own file)
+    hills_added: int = 0
+    #: bias energy (eV) felt at the segment's first step (the bias it restarted from)
+    bias_start: float = math.nan
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def run_segment_from_model(
+    model_path: Path,
+    start: Atoms | Path,
+    plumed_input: Path | str,
+    workdir: Path,
+    *,
+    walker: int,
+    generation: int,
+    n_walkers: int,
+    bias_dir: Path,
+    bias: str = "shared",
+    settings: WalkerSettings,
+    seed: int,
+    last_safe: Atoms | None = None,
+    device: str = "auto",
+) -> WalkerSegment:
+    """:func:`run_segment` with the NequIP model at ``model_path`` (what a workflow task runs)."""
+    from hillwalker.engines.nequip import load_calculator
+
+    calculator = load_calculator(Path(model_path), device=device)
+    return run_segment(
+        start,
+        calculator,
+        plumed_input,
+        workdir,
+        walker=walker,
+        generation=generation,
+        n_walkers=n_walkers,
+        bias_dir=bias_dir,
+        bias=bias,
+        settings=settings,
+        seed=seed,
+        last_safe=last_safe,
+        model=str(model_path),
+    )
+
+
+def run_segment(
+    start: Atoms | Path,
+    calculator: Calculator,
+    plumed_input: Path | str,
+    workdir: Path,
+    *,
+    walker: int,
+    generation: int,
+    n_walkers: int,
+    bias_dir: Path,
+    bias: str = "shared",
+    settings: WalkerSettings,
+    seed: int,
+    last_safe: Atoms | None = None,
+    model: str | None = None,
+) -> WalkerSegment:
+    """Run one MD segment of one walker with the PLUMED bias; see the module docstring.
+
+    ``start``: an ``Atoms`` (``info["step"]`` continues the step counter; momenta are drawn at
+    the temperature when it has none) or a state file written by a previous segment.
+    ``plumed_input``: a path, or the input text itself (PLUMED units). ``bias``: ``shared``,
+    ``independent`` or ``none``. ``seed`` seeds the thermostat noise and any momenta drawn.
+    """
+    if bias not in BIAS_MODES:
+        raise ValueError(f"bias {bias!r}: expected one of {', '.join(BIAS_MODES)}")
+    if not 0 <= walker < n_walkers:
+        raise ValueError(f"walker {walker} is not one of 0..{n_walkers - 1}")
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    bias_dir = Path(bias_dir).resolve()
+    rng = np.random.default_rng(seed)
+
+    atoms = _load_start(start)
+    if settings.ensemble == "npt" and not atoms.pbc.all():
+        raise WalkerError("npt needs a periodic cell (pbc in all three directions)")
+    start_step = int(atoms.info.get("step", 0))
+    original_cell = atoms.cell.copy()
+    periodic = bool(atoms.pbc.any())
+    if not periodic:
+        # ASE sends any non-zero cell to PLUMED as a periodic box, even with pbc=False
+        atoms.cell[:] = 0.0
+    if not atoms.has("momenta") or not np.any(atoms.get_momenta()):
+        MaxwellBoltzmannDistribution(atoms, temperature_K=settings.temperature, rng=rng)
+        Stationary(atoms)
+
+    source, text = _input_text(plumed_input)
+    lines = clean_input(text, source=source)
+    cv_names = _cv_names(lines)
+    label = metad_label(lines)
+
+    events: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        own_hills: Path | None = None
+        hills_at_start = 0
+        record_path: Path | None = None
+        if bias != "none":
+            init_bias_dir(bias_dir, n_walkers)
+            stack.enter_context(_walker_lock(bias_dir, walker))
+            own_hills = hills_file(bias_dir, walker)
+            record_path = bias_dir / ".segments" / f"walker-{walker}.json"
+            rolled = _roll_back_unfinished(record_path, own_hills, generation)
+            if rolled:
+                events.append({"step": start_step, "kind": "hills_rolled_back", "removed": rolled})
+            size = own_hills.stat().st_size
+            hills_at_start = count_hills(own_hills)
+            atomic_write_json(
+                record_path,
+                {
+                    "walker": walker,
+                    "generation": generation,
+                    "start_step": start_step,
+                    "bytes": size,
+                    "hills": hills_at_start,
+                    "status": "running",
+                    "started": time.time(),
+                },
+            )
+
+        prepared = prepare_input(
+            lines,
+            walker_id=walker,
+            n_walkers=n_walkers,
+            bias_dir=bias_dir,
+            mode=bias,  # type: ignore[arg-type]
+            workdir=workdir,
+            rstride=settings.walkers_rstride,
+            cv_stride=settings.cv_stride,
+            source=source,
+        )
+        if not any(parse_action(line)[1] == "PRINT" for line in prepared) and cv_names:
+            args = ",".join(cv_names + ([f"{label}.bias"] if label and bias != "none" else []))
+            stride = settings.cv_stride or 1
+            prepared.append(f"PRINT ARG={args} STRIDE={stride} FILE={workdir / COLVAR_NAME}")
+        colvar = _print_file(prepared) or workdir / COLVAR_NAME
+        # this segment's own outputs: a killed earlier attempt must not leave lines in them
+        for path in (colvar, workdir / LOG_NAME, workdir / TRAJECTORY_NAME):
+            if path.parent == workdir:
+                path.unlink(missing_ok=True)
+        atomic_write_text(workdir / PLUMED_INPUT_NAME, "\n".join(prepared) + "\n")
+
+        use_kernel()
+        try:
+            biased = Plumed(
+                calculator,
+                prepared,
+                timestep=settings.timestep_fs * units.fs,
+                atoms=atoms,
+                kT=units.kB * settings.temperature,
+                log=str(workdir / PLUMED_LOG_NAME),
+                restart=False,  # RESTART comes from the input (prepare_input) when hills exist
+            )
+        except Exception as exc:  # the kernel reports input errors as PlumedError
+            raise PlumedInputError(f"{source}: PLUMED rejected the input: {exc}") from exc
+        stack.callback(_finalize, biased)
+        biased.istep = start_step
+        atoms.calc = biased
+        cv_memory = _cv_memory(biased, cv_names)
+
+        log = stack.enter_context(Path(workdir / LOG_NAME).open("w"))
+        trajectory = (
+            stack.enter_context(TrajectoryWriter(str(workdir / TRAJECTORY_NAME), "w"))
+            if settings.trajectory_stride
+            else None
+        )
+        run = _run_md(
+            atoms, biased, settings, rng, start_step, log, trajectory, cv_memory, last_safe
+        )
+        events.extend(run.events)
+        _finalize(biased)  # flush HILLS and COLVAR before the segment is recorded as done
+        segment = _finish(
+            run,
+            events,
+            workdir,
+            bias_dir,
+            own_hills,
+            record_path,
+            hills_at_start,
+            periodic=periodic,
+            original_cell=original_cell,
+            walker=walker,
+            generation=generation,
+            model=model,
+            bias=bias,
+            start_step=start_step,
+            colvar=colvar,
+        )
+    return segment
+
+
+def _finish(
+    run: _Run,
+    events: list[dict[str, Any]],
+    workdir: Path,
+    bias_dir: Path,
+    own_hills: Path | None,
+    record_path: Path | None,
+    hills_at_start: int,
+    *,
+    periodic: bool,
+    original_cell: Any,
+    walker: int,
+    generation: int,
+    model: str | None,
+    bias: str,
+    start_step: int,
+    colvar: Path,
+) -> WalkerSegment:
+    """Write the state, then mark the segment done (last, so a kill before it means 'redo')."""
+    final = run.final
+    if not periodic:
+        final.cell = original_cell
+    final.info.update(
+        {"walker": walker, "generation": generation, "step": run.end_step, "model": model}
+    )
+    if model is None:
+        del final.info["model"]
+    state_path = workdir / STATE_NAME
+    _write_state(state_path, final)
+
+    hills_added = 0
+    hills: list[Path] = []
+    if own_hills is not None and record_path is not None:
+        hills_added = count_hills(own_hills) - hills_at_start
+        hills = hills_files(bias_dir) if bias == "shared" else [own_hills]
+        record = json.loads(record_path.read_text())
+        record.update(
+            {
+                "status": "done",
+                "end_step": run.end_step,
+                "hills_added": hills_added,
+                "segment_status": run.status,
+            }
+        )
+        atomic_write_json(record_path, record)
+    for event in events:
+        event.setdefault("walker", walker)
+        event.setdefault("generation", generation)
+    atomic_write_json(workdir / "events.json", events)
+    return WalkerSegment(
+        walker=walker,
+        generation=generation,
+        status=run.status,
+        steps_done=run.end_step - start_step,
+        start_step=start_step,
+        end_step=run.end_step,
+        final=final,
+        state_path=state_path,
+        colvar=colvar,
+        hills=hills,
+        log=workdir / LOG_NAME,
+        events=events,
+        plumed_log=workdir / PLUMED_LOG_NAME,
+        hills_added=hills_added,
+        bias_start=run.bias_start,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# MD loop
+
+
+@dataclass
+class _Run:
+    status: SegmentStatus
+    end_step: int
+    final: Atoms
+    events: list[dict[str, Any]]
+    bias_start: float = math.nan
+
+
+def _make_integrator(
+    atoms: Atoms, settings: WalkerSettings, rng: np.random.Generator
+) -> MolecularDynamics:
+    dt = settings.timestep_fs * units.fs
+    if settings.ensemble == "nvt":
+        return Langevin(
+            atoms,
+            dt,
+            temperature_K=settings.temperature,
+            friction=settings.friction_per_fs / units.fs,
+            fixcm=False,
+            rng=rng,
+        )
+    return MTKNPT(
+        atoms,
+        dt,
+        temperature_K=settings.temperature,
+        pressure_au=settings.pressure_ev_per_a3,
+        tdamp=settings.thermostat_time_fs * units.fs,
+        pdamp=settings.barostat_time_fs * units.fs,
+    )
+
+
+def _run_md(
+    atoms: Atoms,
+    biased: Plumed,
+    settings: WalkerSettings,
+    rng: np.random.Generator,
+    start_step: int,
+    log: IO[str],
+    trajectory: TrajectoryWriter | None,
+    cv_memory: dict[str, np.ndarray],
+    last_safe: Atoms | None,
+) -> _Run:
+    dyn = _make_integrator(atoms, settings, rng)
+    log.write("# step time_ps epot_eV bias_eV temperature_K volume_A3 fmax_eV/A cv\n")
+    safe: Atoms | None = None
+    step = start_step
+    reason: str | None = None
+    bias_start = math.nan
+    try:
+        for done, _ in enumerate(dyn.irun(settings.steps)):
+            step = start_step + done
+            if done == 0:
+                bias_start = _bias_energy(biased)
+            reason = _check_step(atoms, biased, settings)
+            last = done == settings.steps
+            if reason is None and (done % settings.check_stride == 0 or last):
+                reason = _check_distances(atoms, settings.min_distance)
+                if reason is None:
+                    safe = _state_copy(atoms, biased, cv_memory)
+            if reason is not None:
+                break
+            if done % settings.log_stride == 0 or last:
+                _log_line(log, atoms, biased, settings, step, cv_memory)
+            if trajectory is not None and done % settings.trajectory_stride == 0:
+                trajectory.write(atoms)
+    except Exception as exc:  # the integrator or the model blew up: a walker event, not a crash
+        step = start_step + dyn.nsteps + 1
+        reason = f"{type(exc).__name__}: {exc}"
+    if reason is None:
+        assert safe is not None  # the last step always runs the full check
+        return _Run("ok", step, safe, [], bias_start)
+    event: dict[str, Any] = {"step": step, "kind": "blow_up", "reason": reason}
+    if safe is None and last_safe is not None:
+        safe = last_safe.copy()
+        safe.info = dict(last_safe.info)
+        event["reset_to"] = "last_safe"
+    elif safe is None:
+        safe = atoms.copy()
+        event["reset_to"] = "none"
+    else:
+        event["reset_to_step"] = int(safe.info.get("step", start_step))
+    if event.get("reset_to") != "none":
+        # the safe state's own momenta may already lead back into the blow-up
+        MaxwellBoltzmannDistribution(safe, temperature_K=settings.temperature, rng=rng)
+        Stationary(safe)
+    log.write(f"# blow-up at step {step}: {reason}\n")
+    return _Run("blown_up", step, safe, [event], bias_start)
+
+
+def _check_step(atoms: Atoms, biased: Plumed, settings: WalkerSettings) -> str | None:
+    # read the cached results: a get_forces() that recomputed would advance PLUMED's step
+    energy = biased.results.get("energy", math.nan)
+    if not math.isfinite(energy):
+        return f"energy is {energy}"
+    forces = biased.results["forces"]
+    if not np.all(np.isfinite(forces)):
+        return "non-finite forces"
+    fmax = float(np.sqrt((forces**2).sum(axis=1).max())) if len(forces) else 0.0
+    if fmax > settings.max_force:
+        return f"force {fmax:.3g} eV/Å > max_force {settings.max_force} eV/Å"
+    temperature = atoms.get_temperature()
+    if not temperature <= settings.max_temperature:
+        return f"temperature {temperature:.4g} K > max_temperature {settings.max_temperature} K"
+    return None
+
+
+def _check_distances(atoms: Atoms, min_distance: float) -> str | None:
+    if not np.all(np.isfinite(atoms.positions)):
+        return "non-finite positions"
+    if atoms.pbc.any():
+        i, j, d = neighbor_list("ijd", atoms, min_distance)
+        if len(d):
+            k = int(np.argmin(d))
+            return f"atoms {i[k]} and {j[k]} are {d[k]:.3g} Å apart < min_distance {min_distance} Å"
+        return None
+    pos = atoms.positions
+    dist = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=2)
+    np.fill_diagonal(dist, np.inf)
+    if len(pos) > 1 and dist.min() < min_distance:
+        i, j = np.unravel_index(np.argmin(dist), dist.shape)
+        return f"atoms {i} and {j} are {dist[i, j]:.3g} Å apart < min_distance {min_distance} Å"
+    return None
+
+
+def _state_copy(atoms: Atoms, biased: Plumed, cv_memory: dict[str, np.ndarray]) -> Atoms:
+    copy = Atoms(
+        atoms.numbers.copy(),
+        positions=atoms.positions.copy(),
+        cell=atoms.cell.copy(),
+        pbc=atoms.pbc.copy(),
+    )
+    copy.set_momenta(atoms.get_momenta())
+    copy.info = {
+        "step": int(biased.istep) - 1,
+        "cv": {name: float(value[0]) for name, value in cv_memory.items()},
+        "bias": _bias_energy(biased),
+    }
+    return copy
+
+
+def _bias_energy(biased: Plumed) -> float:
+    """Bias energy (eV) of the last evaluation: biased minus model energy."""
+    return float(biased.results["energy"] - biased.calc.results["energy"])
+
+
+def _log_line(
+    log: IO[str],
+    atoms: Atoms,
+    biased: Plumed,
+    settings: WalkerSettings,
+    step: int,
+    cv_memory: dict[str, np.ndarray],
+) -> None:
+    forces = biased.results["forces"]
+    volume = atoms.get_volume() if atoms.cell.rank == 3 else 0.0
+    cvs = " ".join(f"{name}={value[0]:.8g}" for name, value in cv_memory.items())
+    log.write(
+        f"{step} {step * settings.timestep_fs / 1000:.6f} {biased.calc.results['energy']:.8f} "
+        f"{_bias_energy(biased):.8f} {atoms.get_temperature():.2f} {volume:.4f} "
+        f"{np.sqrt((forces**2).sum(axis=1).max()):.4f} {cvs}\n"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# state, input, hills bookkeeping
+
+
+def _load_start(start: Atoms | Path | str) -> Atoms:
+    if isinstance(start, Atoms):
+        atoms = start.copy()
+        atoms.info = dict(start.info)
+        if start.has("momenta"):
+            atoms.set_momenta(start.get_momenta())
+        return atoms
+    path = Path(start)
+    if not path.is_file():
+        raise WalkerError(f"{path}: no such walker state file")
+    try:
+        atoms = ase.io.read(path, index=-1)
+    except Exception as exc:  # ASE raises many types for a broken file
+        raise WalkerError(f"{path}: not a readable walker state ({exc})") from exc
+    if isinstance(atoms, list):
+        atoms = atoms[-1]
+    atoms.calc = None
+    return atoms
+
+
+def _write_state(path: Path, atoms: Atoms) -> None:
+    frame = atoms.copy()
+    frame.info = dict(atoms.info)
+    frame.set_momenta(atoms.get_momenta())
+    with atomic_open(path, "wb") as handle:
+        writer = TrajectoryWriter(handle, "w")
+        writer.write(frame)
+
+
+def _input_text(plumed_input: Path | str) -> tuple[str, str]:
+    if isinstance(plumed_input, str) and "\n" not in plumed_input:
+        candidate = Path(plumed_input)
+        if candidate.is_file():
+            plumed_input = candidate
+    if isinstance(plumed_input, Path):
+        try:
+            return str(plumed_input), plumed_input.read_text()
+        except OSError as exc:
+            raise PlumedInputError(f"{plumed_input}: cannot read the PLUMED input ({exc})") from exc
+    return "<plumed input>", plumed_input
+
+
+def _cv_names(lines: list[str]) -> list[str]:
+    """The walker's CVs: METAD's ARG, else the first PRINT's ARG without bias components."""
+    for wanted in ("METAD", "PRINT"):
+        for line in lines:
+            _, action, keywords = parse_action(line)
+            arg = keyword_value(keywords, "ARG")
+            if action == wanted and arg:
+                return [a for a in arg.split(",") if not a.endswith(".bias")]
+    return []
+
+
+def _print_file(lines: list[str]) -> Path | None:
+    for line in lines:
+        _, action, keywords = parse_action(line)
+        if action == "PRINT":
+            name = keyword_value(keywords, "FILE")
+            return Path(name) if name else None
+    return None
+
+
+def _cv_memory(biased: Plumed, names: list[str]) -> dict[str, np.ndarray]:
+    """Arrays PLUMED fills with each CV's value at every step (its data-fetching interface)."""
+    memory: dict[str, np.ndarray] = {}
+    for name in names:
+        rank = np.zeros(1, dtype=np.int64)
+        try:
+            biased.plumed.cmd(f"getDataRank {name}", rank)
+            shape = np.zeros(int(rank[0]), dtype=np.int64)
+            biased.plumed.cmd(f"getDataShape {name}", shape)
+            if int(np.prod(shape)) != 1:
+                continue  # vector CVs are in COLVAR only
+            memory[name] = np.zeros(1)
+            biased.plumed.cmd(f"setMemoryForData {name}", memory[name])
+        except Exception:  # noqa: S112 - a CV PLUMED cannot hand out is only missing from info
+            continue
+    return memory
+
+
+def _finalize(biased: Plumed) -> None:
+    if getattr(biased, "_hillwalker_finalized", False):
+        return
+    biased._hillwalker_finalized = True  # type: ignore[attr-defined]
+    with contextlib.suppress(Exception):  # after a kernel error finalize can fail too
+        biased.plumed.finalize()
+
+
+@contextlib.contextmanager
+def _walker_lock(bias_dir: Path, walker: int) -> Iterator[None]:
+    path = bias_dir / ".segments" / f"walker-{walker}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise WalkerError(
+                f"walker {walker} is already running a segment ({path} is locked)"
+            ) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _roll_back_unfinished(record_path: Path, own_hills: Path, generation: int) -> int:
+    """Undo the hills of a killed segment, or of the segment being re-run; return how many."""
+    if not record_path.is_file():
+        return 0
+    try:
+        record = json.loads(record_path.read_text())
+        size, expected = int(record["bytes"]), int(record["hills"])
+        status, recorded_generation = record["status"], int(record["generation"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise WalkerError(f"{record_path}: unreadable segment record ({exc})") from exc
+    if status == "done" and recorded_generation != generation:
+        return 0
+    data = own_hills.read_bytes()
+    kept = data[:size]
+    if len(data) < size or count_hills_in_bytes(kept) != expected:
+        raise WalkerError(
+            f"{own_hills}: cannot roll back to the {expected} hills recorded in {record_path} "
+            f"(the file has {len(data)} bytes, the record {size}); restore the bias from a "
+            "snapshot (hillwalker.engines.plumed.restore_hills)"
+        )
+    removed = count_hills_in_bytes(data) - expected
+    if len(data) != size:
+        # a new file (rename), so walkers still reading the old one never see a cut line
+        with atomic_open(own_hills, "wb") as handle:
+            handle.write(kept)
+    return removed
