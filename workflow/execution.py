@@ -38,6 +38,7 @@ from parsl.app.app import python_app
 from parsl.config import Config
 from parsl.dataflow.dflow import DataFlowKernel
 from parsl.executors import HighThroughputExecutor
+from parsl.jobs.error_handlers import windowed_error_handler
 from parsl.launchers import SimpleLauncher, SingleNodeLauncher, SrunLauncher
 from parsl.providers import LocalProvider, SlurmProvider
 
@@ -162,6 +163,10 @@ class Execution:
             max_workers_per_node=workers if workers is not None else None,
             heartbeat_period=max(1, self.site.heartbeat_threshold // 4),
             heartbeat_threshold=self.site.heartbeat_threshold,
+            # Parsl's default gives up on the executor as soon as its only block fails (e.g. a
+            # node failure): tolerate lost blocks, give up after 3 failed blocks in a row (a
+            # broken worker_init fails every block at once)
+            block_error_handler=windowed_error_handler,
             provider=provider,
             **extra,
         )

@@ -1,0 +1,188 @@
+"""Execution on a real one-node SLURM cluster (munged, slurmctld, slurmd; see slurm_cluster.py)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from hillwalker.execution import Execution
+from hillwalker.sites import SiteProfile
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+WATER_XTB = """\
+&GLOBAL
+  PROJECT water
+  RUN_TYPE ENERGY_FORCE
+  PRINT_LEVEL LOW
+&END GLOBAL
+&FORCE_EVAL
+  METHOD QS
+  &DFT
+    &QS
+      METHOD xTB
+      &XTB
+        DO_EWALD F
+      &END XTB
+    &END QS
+    &SCF
+      EPS_SCF 1.0E-8
+      SCF_GUESS MOPAC
+      MAX_SCF 100
+    &END SCF
+    &POISSON
+      PERIODIC NONE
+      POISSON_SOLVER ANALYTIC
+    &END POISSON
+  &END DFT
+  &SUBSYS
+    &CELL
+      ABC 8.0 8.0 8.0
+      PERIODIC NONE
+    &END CELL
+    &COORD
+      O   0.000  0.000  0.117
+      H   0.000  0.757 -0.469
+      H   0.000 -0.757 -0.469
+    &END COORD
+  &END SUBSYS
+&END FORCE_EVAL
+"""
+
+
+# ---- task functions (run in SLURM jobs; top-level so workers import them by name) ----------
+
+
+def job_id() -> str:
+    return os.environ["SLURM_JOB_ID"]
+
+
+def cp2k_energy(command: list[str], input_text: str, workdir: str) -> dict[str, object]:
+    """Run CP2K with ``command``; its energy (Ha), MPI rank count and the SLURM job."""
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "in.inp").write_text(input_text)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [*command, "-i", "in.inp", "-o", "out.log"], cwd=work, env=env, check=True, timeout=300
+    )
+    text = (work / "out.log").read_text()
+    energy = re.search(r"ENERGY\| Total FORCE_EVAL \( QS \) energy \[a\.u\.\]:\s+(\S+)", text)
+    ranks = re.search(r"Total number of message passing processes\s+(\d+)", text)
+    assert energy and ranks, text[-2000:]
+    return {
+        "energy": float(energy[1]),
+        "ranks": int(ranks[1]),
+        "job": os.environ.get("SLURM_JOB_ID"),
+    }
+
+
+def single_point_step(index: int, seconds: float, log_dir: str) -> tuple[int, str]:
+    """Stand-in for a single point: marks start and completion, so losses show."""
+    job = os.environ["SLURM_JOB_ID"]
+    log = Path(log_dir)
+    (log / f"start-{index}-{job}-{os.getpid()}").touch()
+    time.sleep(seconds)
+    (log / f"done-{index}-{job}").touch()
+    return index, job
+
+
+@pytest.fixture(autouse=True)
+def _importable_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    # sbatch exports the environment: SLURM workers find this module through PYTHONPATH
+    here = str(Path(__file__).parent)
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
+    )
+
+
+def slurm_task(cluster, **extra: object) -> dict[str, object]:
+    return {
+        "provider": "slurm",
+        "partition": cluster.partition,
+        "walltime": "00:10:00",
+        "cores_per_node": 1,
+        "blocks": {"init": 0, "min": 0, "max": 1},
+        **extra,
+    }
+
+
+def test_the_cluster_is_up(slurm_cluster) -> None:
+    assert slurm_cluster.sinfo_state().startswith(("idle", "mix", "alloc"))
+
+
+def test_three_task_kinds_and_cp2k_on_two_ranks_run_in_slurm_jobs(
+    slurm_cluster, tmp_path: Path
+) -> None:
+    two_ranks = ["srun", "--overlap", "--mpi=pmix", "-n", "2", "cp2k.psmp"]
+    site = SiteProfile.model_validate(
+        {
+            "name": "test-cluster",
+            "tasks": {
+                "md": slurm_task(slurm_cluster),
+                "train": slurm_task(slurm_cluster),
+                "dft": slurm_task(
+                    slurm_cluster,
+                    cores_per_node=2,
+                    cores_per_task=2,
+                    cp2k={"command": two_ranks, "omp_threads": 1},
+                ),
+            },
+        }
+    )
+    serial = cp2k_energy(["cp2k.psmp"], WATER_XTB, str(tmp_path / "serial"))
+    with Execution(site, run_dir=tmp_path) as ex:
+        assert ex.cp2k_command == two_ranks
+        futures = {kind: ex.submit(kind, job_id) for kind in ("md", "train")}
+        parallel = ex.submit("dft", cp2k_energy, ex.cp2k_command, WATER_XTB, str(tmp_path / "mpi"))
+        jobs = {kind: f.result(timeout=180) for kind, f in futures.items()}
+        mpi = parallel.result(timeout=300)
+        blocks = ex.blocks()
+    jobs["dft"] = str(mpi["job"])
+    known = slurm_cluster.jobs()
+    # each kind ran in its own real SLURM job, and `blocks()` reported exactly those jobs
+    assert len(set(jobs.values())) == 3
+    assert set(jobs.values()) <= set(known), (jobs, known)
+    assert {row["kind"]: row["job_id"] for row in blocks} == jobs
+    assert {row["state"] for row in blocks} <= {"RUNNING", "PENDING", "COMPLETED", "CANCELLED"}
+    assert "Partition=" + slurm_cluster.partition in slurm_cluster.job_info(jobs["dft"])
+    assert serial["ranks"] == 1 and serial["job"] is None
+    assert mpi["ranks"] == 2
+    assert mpi["energy"] == pytest.approx(serial["energy"], abs=1e-9)
+
+
+def test_a_cancelled_block_loses_and_duplicates_nothing(slurm_cluster, tmp_path: Path) -> None:
+    site = SiteProfile.model_validate(
+        {
+            "name": "test-cluster",
+            "retries": 2,
+            # the interchange counts a cancelled block's pool as lost after ~4 s
+            "heartbeat_threshold": 4,
+            "tasks": {"dft": slurm_task(slurm_cluster, blocks={"init": 1, "min": 0, "max": 1})},
+        }
+    )
+    log = tmp_path / "log"
+    log.mkdir()
+    with Execution(site, run_dir=tmp_path) as ex:
+        futures = [ex.submit("dft", single_point_step, i, 3.0, str(log)) for i in range(3)]
+        deadline = time.monotonic() + 120
+        while not list(log.glob("start-*")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        started = sorted(log.glob("start-*"))
+        assert started, "no task started within 120 s"
+        first_index, cancelled_job = started[0].name.split("-")[1:3]
+        slurm_cluster.run("scancel", cancelled_job)
+        results = [f.result(timeout=240) for f in futures]
+    assert sorted(index for index, _ in results) == [0, 1, 2]
+    done = sorted(p.name for p in log.glob("done-*"))
+    # every single point completed exactly once ...
+    assert sorted(name.split("-")[1] for name in done) == ["0", "1", "2"]
+    # ... the interrupted one in a later block, after Parsl retried it
+    assert f"done-{first_index}-{cancelled_job}" not in done
+    assert dict(results)[int(first_index)] != cancelled_job
+    assert slurm_cluster.jobs()[cancelled_job] == "CANCELLED"
