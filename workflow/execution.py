@@ -81,6 +81,21 @@ def _interchange_command() -> list[str]:
     return [sys.executable, str(Path(sys.prefix) / "bin" / "interchange.py")]
 
 
+class _SlurmProvider(SlurmProvider):
+    """Parsl's SlurmProvider with the squeue interval from the profile (Parsl fixes it at 60 s).
+
+    The interval bounds how fast a cancelled block is noticed and replaced.
+    """
+
+    def __init__(self, *args: Any, status_poll_seconds: int = 60, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._status_poll_seconds = status_poll_seconds
+
+    @property
+    def status_polling_interval(self) -> int:
+        return self._status_poll_seconds
+
+
 def _launcher(name: str) -> Any:
     if name == "srun":
         return SrunLauncher()
@@ -134,7 +149,8 @@ class Execution:
         if task.gpus_per_node:
             options.append(f"#SBATCH --gpus-per-node={task.gpus_per_node}")
         worker_init = "\n".join(line for line in (env_lines, task.worker_init) if line)
-        provider = SlurmProvider(
+        provider = _SlurmProvider(
+            status_poll_seconds=self.site.status_poll_seconds,
             partition=task.partition,
             account=task.account,
             qos=task.qos,

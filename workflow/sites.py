@@ -220,6 +220,15 @@ class SiteProfile(_Model):
             "its running tasks are retried. Short values react faster to cancelled jobs."
         ),
     )
+    status_poll_seconds: int = Field(
+        default=60,
+        ge=1,
+        description=(
+            "How often SLURM is asked (squeue) for the state of the blocks. A block that was "
+            "cancelled or died is replaced within about this time; keep it >= 30 on a shared "
+            "cluster to spare the scheduler."
+        ),
+    )
     local_cores: int | None = Field(
         default=None,
         ge=1,

@@ -163,6 +163,8 @@ def test_a_cancelled_block_loses_and_duplicates_nothing(slurm_cluster, tmp_path:
             "retries": 2,
             # the interchange counts a cancelled block's pool as lost after ~4 s
             "heartbeat_threshold": 4,
+            # ... and squeue shows the block gone within 2 s, so a new one is started
+            "status_poll_seconds": 2,
             "tasks": {"dft": slurm_task(slurm_cluster, blocks={"init": 1, "min": 0, "max": 1})},
         }
     )
