@@ -128,6 +128,86 @@ def status(
     print_status(report)
 
 
+@app.command()
+def templates() -> None:
+    """List the material templates that ship, one line each."""
+    from hillwalker.material_templates import shipped_templates
+
+    found = shipped_templates()
+    width = max((len(t.name) for t in found), default=0)
+    for t in found:
+        typer.echo(f"{t.name:<{width}}  {t.description}")
+    typer.echo(
+        "\nhillwalker new DIR --template NAME  copies one; "
+        "hillwalker new DIR --structure FILE.cif  starts a new material."
+    )
+
+
+@app.command()
+def new(
+    directory: Annotated[Path, typer.Argument(help="Campaign directory to create (new or empty).")],
+    template: Annotated[
+        str | None, typer.Option("--template", help="A shipped template (hillwalker templates).")
+    ] = None,
+    structure: Annotated[
+        Path | None,
+        typer.Option("--structure", help="Start structure of a new material (CIF or extxyz)."),
+    ] = None,
+    cv: Annotated[
+        str,
+        typer.Option(help="With --structure: volume, distance:I,J or torsion:I,J,K,L (from 1)."),
+    ] = "volume",
+    level: Annotated[
+        str, typer.Option(help="With --structure: CP2K level, xtb or pbe-d3.")
+    ] = "xtb",
+    temperature: Annotated[
+        float, typer.Option(help="With --structure: walker temperature, K.")
+    ] = 300.0,
+) -> None:
+    """Make a campaign directory from a shipped template, or for a new material's structure."""
+    from hillwalker.material_templates import TemplateError, new_from_structure, new_from_template
+
+    if template is not None and structure is not None:
+        raise fail("new: give either --template NAME or --structure FILE, not both")
+    try:
+        if template is not None:
+            made = new_from_template(directory, template)
+        elif structure is not None:
+            made = new_from_structure(
+                directory, structure, cv=cv, level=level, temperature=temperature
+            )
+        else:
+            raise fail("new: give --template NAME (see hillwalker templates) or --structure FILE")
+    except TemplateError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"made {made}; check it with: hillwalker validate {made}")
+
+
+@app.command()
+def validate(
+    directory: Annotated[Path, typer.Argument(help="Campaign directory.")],
+    site: Annotated[
+        Path | None, typer.Option("--site", help="Site profile (YAML) to check as well.")
+    ] = None,
+) -> None:
+    """Check a campaign before anything runs; report every problem; print the CVs' start values."""
+    from hillwalker.validate import validate_campaign
+
+    report = validate_campaign(directory, site)
+    if report.structure_summary:
+        typer.echo(report.structure_summary)
+    for value in report.cv_values:
+        typer.echo(f"  CV {value.name:<12} {value.describe()}")
+    for line in report.unavailable:
+        typer.echo(f"note: {line}", err=True)
+    for line in report.problems:
+        typer.echo(f"problem: {line}", err=True)
+    if report.problems:
+        n = len(report.problems)
+        raise fail(f"{directory}: {n} problem{'s' if n > 1 else ''}")
+    typer.echo(f"ok: {directory} is ready to run")
+
+
 def main() -> None:
     try:
         app()

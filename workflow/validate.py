@@ -39,6 +39,21 @@ from hillwalker.config import (
 _VALUES_FILE = "hillwalker-validate.colvar"
 
 _KJ_PER_MOL_PER_EV = 96.48533212331
+# Actions whose ``.bias`` is an energy; their other components (force2, work…) are not shown.
+_BIAS_ACTIONS = frozenset(
+    {
+        "METAD",
+        "PBMETAD",
+        "RESTRAINT",
+        "MOVINGRESTRAINT",
+        "UPPER_WALLS",
+        "LOWER_WALLS",
+        "OPES_METAD",
+        "OPES_METAD_EXPLORE",
+        "BIASVALUE",
+        "EXTERNAL",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -49,12 +64,15 @@ class CvValue:
     action: str  # "VOLUME", "TORSION", … ("" if unknown)
     value: float
 
+    @property
+    def is_bias(self) -> bool:
+        return self.action.upper() in _BIAS_ACTIONS
+
     def describe(self) -> str:
         """The value with its unit, converted to the units a user thinks in."""
         v = self.value
         kind = self.action.upper()
-        component = self.name.rsplit(".", 1)[-1] if "." in self.name else ""
-        if component == "bias" or kind in {"RESTRAINT", "UPPER_WALLS", "LOWER_WALLS"}:
+        if self.is_bias:
             return f"{v:.4g} kJ/mol ({v / _KJ_PER_MOL_PER_EV:.4g} eV)"
         if kind == "VOLUME":
             return f"{v:.6g} nm³ = {v * 1000:.1f} Å³"
@@ -269,7 +287,8 @@ def _check_plumed(
         report.unavailable.append(f"{path}: PLUMED kernel check unavailable ({exc})")
         return
     report.problems.extend(problems)
-    report.cv_values = [CvValue(n, actions.get(n.split(".")[0], ""), v) for n, v in values]
+    found = [CvValue(n, actions.get(n.split(".")[0], ""), v) for n, v in values]
+    report.cv_values = [c for c in found if not c.is_bias or c.name.endswith(".bias")]
 
 
 def source_line_numbers(text: str, cleaned: list[str]) -> list[int | None]:
