@@ -119,7 +119,8 @@ def test_the_cluster_is_up(slurm_cluster) -> None:
 def test_three_task_kinds_and_cp2k_on_two_ranks_run_in_slurm_jobs(
     slurm_cluster, tmp_path: Path
 ) -> None:
-    two_ranks = ["srun", "--overlap", "--mpi=pmix", "-n", "2", "cp2k.psmp"]
+    # as in examples/sites/cpu-cluster.yaml: a job step of 2 ranks on the block's 2 CPUs
+    two_ranks = ["srun", "--exact", "--mpi=pmix", "-n", "2", "--cpus-per-task=1", "cp2k.psmp"]
     site = SiteProfile.model_validate(
         {
             "name": "test-cluster",
