@@ -295,7 +295,7 @@ def _walker_metad(
         for w in line.split()
         if w.partition("=")[0].upper() not in _WALKER_KEYS and w.upper() != "WALKERS_MPI"
     ]
-    if mode == "shared":
+    if mode == "shared" and n_walkers > 1:
         kept += [
             f"FILE={HILLS_NAME}",
             f"WALKERS_N={n_walkers}",
@@ -304,6 +304,7 @@ def _walker_metad(
             f"WALKERS_RSTRIDE={int(stride)}",
         ]
     else:
+        # independent, or a single walker (PLUMED ignores WALKERS_DIR when WALKERS_N=1)
         kept.append(f"FILE={_plumed_path(hills_file(bias, walker_id), 'hills file')}")
     return " ".join(kept)
 
@@ -450,7 +451,7 @@ def read_hills(path: str | os.PathLike[str]) -> HillsData:
     # the file stores w·γ/(γ−1) for well-tempered hills; the bias uses w
     rescale = np.where(biasf > 1.0, (biasf - 1.0) / np.where(biasf > 1.0, biasf, 1.0), 1.0)
     periods = tuple(
-        (float(sets_all[f"min_{c}"]), float(sets_all[f"max_{c}"]))
+        (_set_number(sets_all[f"min_{c}"]), _set_number(sets_all[f"max_{c}"]))
         if f"min_{c}" in sets_all and f"max_{c}" in sets_all
         else None
         for c in names_t
@@ -465,6 +466,19 @@ def read_hills(path: str | os.PathLike[str]) -> HillsData:
         walkers=walkers,
         periods=periods,
     )
+
+
+def _set_number(text: str) -> float:
+    """A ``#! SET min_x`` value: a number, or PLUMED's ``pi``, ``-pi``, ``2pi``, ``-2*pi``."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    m = re.fullmatch(r"([+-]?)(\d*\.?\d*)\*?pi", text)
+    if not m:
+        raise HillsError(f"'{text}' is not a number PLUMED writes for a period")
+    factor = float(m.group(2)) if m.group(2) else 1.0
+    return (-1.0 if m.group(1) == "-" else 1.0) * factor * math.pi
 
 
 def _cv_names(fields: Sequence[str], path: Path) -> tuple[str, ...]:

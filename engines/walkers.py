@@ -67,7 +67,7 @@ from ase.io.trajectory import TrajectoryWriter
 from ase.md.langevin import Langevin
 from ase.md.md import MolecularDynamics
 from ase.md.nose_hoover_chain import MTKNPT
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.neighborlist import neighbor_list
 
 from hillwalker.engines.plumed import (
@@ -269,7 +269,7 @@ def run_segment(
         # ASE sends any non-zero cell to PLUMED as a periodic box, even with pbc=False
         atoms.cell[:] = 0.0
     if not atoms.has("momenta") or not np.any(atoms.get_momenta()):
-        MaxwellBoltzmannDistribution(atoms, temperature_K=settings.temperature, rng=rng)
+        thermalize_momenta(atoms, temperature_K=settings.temperature, rng=rng)
         Stationary(atoms)
 
     source, text = _input_text(plumed_input)
@@ -532,7 +532,7 @@ def _run_md(
         event["reset_to_step"] = int(safe.info.get("step", start_step))
     if event.get("reset_to") != "none":
         # the safe state's own momenta may already lead back into the blow-up
-        MaxwellBoltzmannDistribution(safe, temperature_K=settings.temperature, rng=rng)
+        thermalize_momenta(safe, temperature_K=settings.temperature, rng=rng)
         Stationary(safe)
     log.write(f"# blow-up at step {step}: {reason}\n")
     return _Run("blown_up", step, safe, [event], bias_start)

@@ -1,0 +1,299 @@
+"""Walker segments with the real PLUMED kernel and real MD (ASE Lennard-Jones argon; NequIP
+MIL-53 for NPT): shared hills across concurrent processes, restart across generations, a
+killed segment re-run, safety, molecules in vacuum."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.io import read
+
+from hillwalker.engines.plumed import (
+    KJ_PER_MOL,
+    bias_from_hills,
+    count_hills,
+    read_hills,
+)
+from hillwalker.engines.walkers import WalkerError, WalkerSettings, run_segment
+
+sys.path.insert(0, str(Path(__file__).parent))
+from walker_job import PLUMED_INPUT, PausingLJ, trimer
+
+JOB = Path(__file__).with_name("walker_job.py")
+
+
+def start_job(tmp_path: Path, name: str, **job: object) -> subprocess.Popen:
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(job))
+    return subprocess.Popen(
+        [sys.executable, str(JOB), str(path)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 180) -> None:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+
+
+def colvar(path: Path) -> np.ndarray:
+    return np.loadtxt(path, comments="#", ndmin=2)
+
+
+# ------------------------------------------------------------------------- shared bias
+
+
+def test_two_concurrent_walkers_share_hills(tmp_path: Path) -> None:
+    """Walker 0 feels walker 1's hills: its bias (COLVAR, every step after walker 1 finished and
+    one read stride passed) equals its own earlier hills plus all of HILLS.1, summed from the
+    files; and walker 1's part is far from zero."""
+    bias = tmp_path / "bias"
+    done_1 = tmp_path / "w1" / "result.json"
+    pause_at = 100  # walker 0 waits at its 100th model call until walker 1 is done
+    walker_0 = start_job(
+        tmp_path, "w0", workdir=str(tmp_path / "w0"), bias_dir=str(bias), walker=0,
+        n_walkers=2, steps=300, seed=10, pause_at=pause_at, pause_until=str(done_1),
+    )  # fmt: skip
+    walker_1 = start_job(
+        tmp_path, "w1", workdir=str(tmp_path / "w1"), bias_dir=str(bias), walker=1,
+        n_walkers=2, steps=200, seed=11,
+    )  # fmt: skip
+    finish(walker_1)
+    finish(walker_0)
+
+    hills = read_hills(bias)
+    own, other = hills.select(hills.walkers == 0), hills.select(hills.walkers == 1)
+    assert len(own) == 60 and len(other) == 40
+    trace = colvar(tmp_path / "w0" / "COLVAR")
+    dt_ps = 0.005
+    # model call k is step k-1; reads happen every 5 steps; so from here on all of HILLS.1 is in
+    first_full = (pause_at - 1) // 5 * 5 + 5 + 1
+    from_other = []
+    for time_ps, cv, plumed_bias in trace:
+        step = round(time_ps / dt_ps)
+        if step < first_full:
+            continue
+        expected_own = bias_from_hills(own.before(time_ps), cv)[0]
+        expected_other = bias_from_hills(other, cv)[0]
+        assert plumed_bias * KJ_PER_MOL == pytest.approx(expected_own + expected_other, abs=1e-6), (
+            f"step {step}"
+        )
+        from_other.append(expected_other)
+    assert len(from_other) == 300 - first_full + 1
+    assert max(from_other) > 0.5 * KJ_PER_MOL  # more than one hill's height from walker 1
+    result = json.loads((tmp_path / "w0" / "result.json").read_text())
+    expected_final = bias_from_hills(own.before(300 * dt_ps), result["cv"]["d"])[0]
+    expected_final += bias_from_hills(other, result["cv"]["d"])[0]
+    assert result["bias"] == pytest.approx(expected_final, abs=1e-6)
+    log_1 = (tmp_path / "w1" / "plumed.log").read_text()
+    assert f"Reading hills from {bias.resolve()}/HILLS.0" in log_1
+
+
+def test_independent_walkers_do_not_share(tmp_path: Path) -> None:
+    bias = tmp_path / "bias"
+    settings = WalkerSettings(temperature=60.0, timestep_fs=5.0, steps=50)
+    common = {"n_walkers": 2, "bias_dir": bias, "bias": "independent", "settings": settings}
+    first = run_segment(
+        trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "w0", walker=0, generation=1, seed=1,
+        **common,
+    )  # fmt: skip
+    second = run_segment(
+        trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "w1", walker=1, generation=1, seed=1,
+        **common,
+    )  # fmt: skip
+    assert first.hills_added == second.hills_added == 10
+    assert first.hills == [bias.resolve() / "HILLS.0"]
+    # same start, same seed: walker 1 ran exactly as walker 0 did, hills of walker 0 unfelt
+    assert second.bias_start == 0.0
+    assert second.final.info["bias"] == pytest.approx(first.final.info["bias"], abs=1e-12)
+    assert (bias / "HILLS.0").read_text() != ""
+
+
+# ------------------------------------------------------------------------- persistence
+
+
+def test_bias_continues_across_generations(tmp_path: Path) -> None:
+    bias = tmp_path / "bias"
+    settings = WalkerSettings(temperature=60.0, timestep_fs=5.0, steps=203)
+    first = run_segment(
+        trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "g1", walker=0, generation=1,
+        n_walkers=1, bias_dir=bias, settings=settings, seed=1,
+    )  # fmt: skip
+    assert (first.status, first.start_step, first.end_step) == ("ok", 0, 203)
+    hills_1 = count_hills(bias)
+    assert hills_1 == first.hills_added == 40  # steps 5..200
+    state = read(first.state_path)
+    assert state.info["step"] == 203
+    np.testing.assert_array_equal(state.get_momenta(), first.final.get_momenta())
+
+    settings.steps = 100
+    second = run_segment(
+        first.state_path, PausingLJ(), PLUMED_INPUT, tmp_path / "g2", walker=0, generation=2,
+        n_walkers=1, bias_dir=bias, settings=settings, seed=2,
+    )  # fmt: skip
+    assert (second.start_step, second.end_step) == (203, 303)
+    # the same state, the same hills: the bias at the start of generation 2 is the bias at the
+    # end of generation 1 (step 203 deposits no hill)...
+    assert second.bias_start == pytest.approx(first.final.info["bias"], abs=1e-9)
+    assert second.bias_start > 5 * 0.5 * KJ_PER_MOL
+    # ... and the sum of the Gaussians in the files (hills of generation 1) at that CV value
+    cv_end_1 = first.final.info["cv"]["d"]
+    hills_gen_1 = read_hills(bias).before(203 * 0.005)
+    assert len(hills_gen_1) == hills_1
+    assert bias_from_hills(hills_gen_1, cv_end_1)[0] == pytest.approx(second.bias_start, abs=1e-6)
+    trace = colvar(second.colvar)
+    assert trace[0, 0] == pytest.approx(203 * 0.005)  # PLUMED time runs on
+    assert trace[0, 1] == pytest.approx(cv_end_1, abs=1e-12)
+    assert count_hills(bias) == hills_1 + 20  # only grows: steps 205..300
+    times = read_hills(bias).times
+    assert np.all(np.diff(times) > 0)
+
+
+def test_killed_segment_rerun_does_not_duplicate_hills(tmp_path: Path) -> None:
+    bias = tmp_path / "bias"
+    workdir = tmp_path / "w0"
+    job = start_job(
+        tmp_path, "w0", workdir=str(workdir), bias_dir=str(bias), walker=0, n_walkers=1,
+        steps=200_000, seed=5,
+    )  # fmt: skip
+    hills = bias / "HILLS.0"
+    try:
+        deadline = time.monotonic() + 120
+        while not (hills.exists() and count_hills(hills) >= 12):
+            assert job.poll() is None, job.communicate()[0]
+            assert time.monotonic() < deadline, "the walker deposited no hills"
+            time.sleep(0.05)
+    finally:
+        os.kill(job.pid, signal.SIGKILL)
+        job.communicate()
+    killed_hills = count_hills(hills)
+    assert killed_hills >= 12
+    record = json.loads((bias / ".segments" / "walker-0.json").read_text())
+    assert record["status"] == "running"
+
+    settings = WalkerSettings(temperature=60.0, timestep_fs=5.0, steps=100)
+    rerun = run_segment(
+        trimer(), PausingLJ(), PLUMED_INPUT, workdir, walker=0, generation=1, n_walkers=1,
+        bias_dir=bias, settings=settings, seed=5,
+    )  # fmt: skip
+    assert rerun.status == "ok"
+    assert rerun.events[0]["kind"] == "hills_rolled_back"
+    assert rerun.events[0]["removed"] == killed_hills
+    assert count_hills(hills) == rerun.hills_added == 20
+    times = read_hills(hills).times
+    np.testing.assert_allclose(times, 0.025 * np.arange(1, 21), atol=1e-12)
+    # the COLVAR of the killed attempt is gone, not appended to
+    assert len(colvar(rerun.colvar)) == 101
+    # running the same generation again replaces it; the next generation adds to it
+    again = run_segment(
+        trimer(), PausingLJ(), PLUMED_INPUT, workdir, walker=0, generation=1, n_walkers=1,
+        bias_dir=bias, settings=settings, seed=5,
+    )  # fmt: skip
+    assert count_hills(hills) == 20
+    assert again.events[0] == {
+        "step": 0, "kind": "hills_rolled_back", "removed": 20, "walker": 0, "generation": 1
+    }  # fmt: skip
+    run_segment(
+        again.state_path, PausingLJ(), PLUMED_INPUT, tmp_path / "g2", walker=0, generation=2,
+        n_walkers=1, bias_dir=bias, settings=settings, seed=6,
+    )  # fmt: skip
+    assert count_hills(hills) == 40
+
+
+def test_a_running_walker_is_locked(tmp_path: Path) -> None:
+    bias = tmp_path / "bias"
+    done = tmp_path / "release"
+    job = start_job(
+        tmp_path, "w0", workdir=str(tmp_path / "w0"), bias_dir=str(bias), walker=0,
+        n_walkers=1, steps=20, seed=1, pause_at=5, pause_until=str(done),
+    )  # fmt: skip
+    record = bias / ".segments" / "walker-0.json"
+    deadline = time.monotonic() + 60
+    while not record.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    settings = WalkerSettings(temperature=60.0, timestep_fs=5.0, steps=5)
+    try:
+        with pytest.raises(WalkerError, match="walker 0 is already running"):
+            run_segment(
+                trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "x", walker=0, generation=1,
+                n_walkers=1, bias_dir=bias, settings=settings, seed=1,
+            )  # fmt: skip
+    finally:
+        done.write_text("go")
+        finish(job)
+
+
+# ------------------------------------------------------------------------- safety
+
+
+def test_blow_up_goes_back_to_the_last_safe_state(tmp_path: Path) -> None:
+    bias = tmp_path / "bias"
+    # a force limit the hot trimer soon exceeds: a real check tripping in a real run
+    settings = WalkerSettings(
+        temperature=300.0, timestep_fs=5.0, steps=400, max_force=0.05, check_stride=4,
+        trajectory_stride=1,
+    )  # fmt: skip
+    segment = run_segment(
+        trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "w", walker=0, generation=3,
+        n_walkers=1, bias_dir=bias, settings=settings, seed=3,
+    )  # fmt: skip
+    assert segment.status == "blown_up"
+    (event,) = segment.events
+    assert event["kind"] == "blow_up" and "max_force 0.05" in event["reason"]
+    assert event["walker"] == 0 and event["generation"] == 3
+    assert 0 < segment.end_step == event["step"] == segment.steps_done < 400
+    safe_step = event["reset_to_step"]
+    assert safe_step % 4 == 0 and safe_step < event["step"]
+    frames = read(tmp_path / "w" / "trajectory.traj", index=":")
+    np.testing.assert_allclose(segment.final.positions, frames[safe_step].positions)
+    # momenta re-drawn; the step counter keeps going; the bias is kept
+    assert not np.allclose(segment.final.get_momenta(), frames[safe_step].get_momenta())
+    assert segment.final.info["step"] == segment.end_step
+    assert count_hills(bias) == segment.hills_added == segment.end_step // 5
+    assert "blow-up at step" in segment.log.read_text()
+
+
+def test_a_plumed_error_during_md_is_a_blow_up(tmp_path: Path) -> None:
+    # the CV leaves METAD's grid: the kernel throws inside the force call
+    text = PLUMED_INPUT.replace("PACE=5", "PACE=5 GRID_MIN=0.36 GRID_MAX=0.40 GRID_BIN=40")
+    settings = WalkerSettings(temperature=300.0, timestep_fs=5.0, steps=2000)
+    segment = run_segment(
+        trimer(), PausingLJ(), text, tmp_path / "w", walker=0, generation=1, n_walkers=1,
+        bias_dir=tmp_path / "bias", settings=settings, seed=3,
+    )  # fmt: skip
+    assert segment.status == "blown_up"
+    assert "PlumedError" in segment.events[0]["reason"]
+    assert 0.36 <= segment.final.info["cv"]["d"] <= 0.40
+
+
+# ------------------------------------------------------------------------- input and box
+
+
+def test_molecule_in_vacuum_gets_no_periodic_box(tmp_path: Path) -> None:
+    atoms = trimer()
+    atoms.positions[1] = [6.0, 0.0, 0.0]
+    atoms.cell = [10.0, 10.0, 10.0]  # a cell that would fold 6 Å to 4 Å if sent as a box
+    atoms.pbc = False
+    settings = WalkerSettings(temperature=1.0, timestep_fs=1.0, steps=2)
+    segment = run_segment(
+        atoms, PausingLJ(), PLUMED_INPUT, tmp_path / "w", walker=0, generation=1, n_walkers=1,
+        bias_dir=tmp_path / "bias", bias="none", settings=settings, seed=1,
+    )  # fmt: skip
+    trace = colvar(segment.colvar)
+    assert trace[0, 1] == pytest.approx(0.6, abs=1e-9)  # nm: the true distance
+    assert trace.shape[1] == 2  # bias none: no metad.bias column
+    assert segment.hills == [] and not (tmp_path / "bias").exists()
+    np.testing.assert_allclose(segment.final.cell.lengths(), [10.0, 10.0, 10.0])
+    assert "METAD" not in (tmp_path / "w" / "plumed.dat").read_text()
