@@ -146,3 +146,49 @@ def test_a_task_longer_than_the_block_is_refused_before_submitting(tmp_path: Pat
     with pytest.raises(TaskTooLongError, match=r"tasks\.dft\.walltime=00:10:00"):
         ex.check_task_fits("dft", 601)
     ex.check_task_fits("md", 10**6)  # local: no walltime
+
+
+CTRL_C_SCRIPT = """
+import subprocess, sys
+from hillwalker.execution import Execution
+with Execution(run_dir=sys.argv[1]) as ex:
+    # a task running a program, like CP2K: it must not outlive Ctrl-C either
+    future = ex.submit("md", subprocess.run, ["sleep", "120"])
+    print("submitted", flush=True)
+    future.result()
+"""
+
+
+def test_ctrl_c_leaves_no_parsl_process(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    script = tmp_path / "run.py"
+    script.write_text(CTRL_C_SCRIPT)
+    run = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert run.stdout is not None and run.stdout.readline().strip() == "submitted"
+        deadline = time.monotonic() + 60
+        seen: list[tuple[psutil.Process, str]] = []
+        while time.monotonic() < deadline:
+            seen = parsl_processes(tmp_path)
+            if any(c == "sleep 120" for _, c in seen):
+                break
+            time.sleep(0.2)
+        assert any(c == "sleep 120" for _, c in seen), "the task never started"
+        run.send_signal(signal.SIGINT)
+        assert run.wait(timeout=60) == -signal.SIGINT
+    finally:
+        if run.poll() is None:  # the test failed: still try the clean way first
+            run.send_signal(signal.SIGINT)
+            try:
+                run.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                run.kill()
+                run.wait()
+    deadline = time.monotonic() + 10
+    while still_running([p for p, _ in seen]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert still_running([p for p, _ in seen]) == []

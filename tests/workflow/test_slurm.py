@@ -146,6 +146,8 @@ def test_three_task_kinds_and_cp2k_on_two_ranks_run_in_slurm_jobs(
         blocks = ex.blocks()
     jobs["dft"] = str(mpi["job"])
     known = slurm_cluster.jobs()
+    # leaving the with-block ended every block
+    assert {known[job] for job in jobs.values()} <= {"CANCELLED", "COMPLETED", "COMPLETING"}
     # each kind ran in its own real SLURM job, and `blocks()` reported exactly those jobs
     assert len(set(jobs.values())) == 3
     assert set(jobs.values()) <= set(known), (jobs, known)
@@ -189,3 +191,16 @@ def test_a_cancelled_block_loses_and_duplicates_nothing(slurm_cluster, tmp_path:
     assert f"done-{first_index}-{cancelled_job}" not in done
     assert dict(results)[int(first_index)] != cancelled_job
     assert slurm_cluster.jobs()[cancelled_job] == "CANCELLED"
+
+
+def test_an_exception_leaves_no_slurm_block(slurm_cluster, tmp_path: Path) -> None:
+    site = SiteProfile.model_validate(
+        {"tasks": {"md": slurm_task(slurm_cluster, blocks={"init": 1, "min": 0, "max": 1})}}
+    )
+    live: list[str] = []
+    with pytest.raises(RuntimeError, match="walker blew up"), Execution(site, tmp_path) as ex:
+        live.append(ex.submit("md", job_id).result(timeout=120))
+        assert [row["job_id"] for row in ex.blocks()] == live
+        raise RuntimeError("walker blew up")
+    assert slurm_cluster.jobs()[live[0]] in {"CANCELLED", "COMPLETED", "COMPLETING"}
+    assert slurm_cluster.run("squeue", "-h", "-t", "PD,R", "-o", "%i").split() == []
