@@ -109,12 +109,14 @@ def explore(
     threads: int = 1,
 ) -> dict[str, Any]:
     """One walker's MD segment with the current model and the (shared) bias."""
-    from hillwalker.dataset import read_frames
+    import ase.io
+
     from hillwalker.engines.walkers import WalkerSettings, run_segment_from_model
 
     _threads(threads)
     started = time.time()
-    safe = read_frames(last_safe)[-1] if last_safe else None
+    # a walker state is an ASE .traj (with momenta) or the start structure's extxyz
+    safe = ase.io.read(last_safe, index=-1) if last_safe else None
     segment = run_segment_from_model(
         Path(model),
         Path(start),
