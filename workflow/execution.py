@@ -25,11 +25,15 @@ task whose worker was lost (e.g. its SLURM block was cancelled).
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 import os
 import shlex
+import subprocess
 import sys
+import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -43,6 +47,7 @@ from parsl.launchers import SimpleLauncher, SingleNodeLauncher, SrunLauncher
 from parsl.providers import LocalProvider, SlurmProvider
 
 from hillwalker.engines.plumed_kernel import use_kernel
+from hillwalker.files import atomic_write_json
 from hillwalker.sites import TASK_KINDS, SiteProfile, TaskSite, local_site
 
 log = logging.getLogger(__name__)
@@ -87,13 +92,26 @@ class _SlurmProvider(SlurmProvider):
     The interval bounds how fast a cancelled block is noticed and replaced.
     """
 
-    def __init__(self, *args: Any, status_poll_seconds: int = 60, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        status_poll_seconds: int = 60,
+        on_submit: Callable[[str], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._status_poll_seconds = status_poll_seconds
+        self._on_submit = on_submit
 
     @property
     def status_polling_interval(self) -> int:
         return self._status_poll_seconds
+
+    def submit(self, command: str, tasks_per_node: int, job_name: str = "parsl.slurm") -> str:
+        job_id: str = super().submit(command, tasks_per_node, job_name)
+        if self._on_submit is not None:
+            self._on_submit(job_id)
+        return job_id
 
 
 def _launcher(name: str) -> Any:
@@ -124,6 +142,12 @@ class Execution:
         self._dfk: DataFlowKernel | None = None
         self._apps: dict[tuple[str, Callable[..., Any]], Any] = {}
         self._labels = {kind: self._label(kind) for kind in TASK_KINDS}
+        self._record_lock = threading.Lock()
+
+    @property
+    def blocks_file(self) -> Path:
+        """Every SLURM job this run submitted, for ``hillwalker status`` in another process."""
+        return blocks_file(self.run_dir)
 
     # ---- configuration -------------------------------------------------------------------
 
@@ -151,6 +175,7 @@ class Execution:
         worker_init = "\n".join(line for line in (env_lines, task.worker_init) if line)
         provider = _SlurmProvider(
             status_poll_seconds=self.site.status_poll_seconds,
+            on_submit=lambda job_id: self._record_block(kind, job_id),
             partition=task.partition,
             account=task.account,
             qos=task.qos,
@@ -227,6 +252,7 @@ class Execution:
         # kernel first so both see it
         use_kernel()
         (self.run_dir / ".hillwalker").mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.blocks_file, [])  # a new run: earlier runs' jobs are over
         config = self.parsl_config()
         self._dfk = DataFlowKernel(config)
 
@@ -271,6 +297,23 @@ class Execution:
     def cp2k_omp_threads(self) -> int:
         return self.site.cp2k.omp_threads
 
+    def _record_block(self, kind: str, job_id: str) -> None:
+        # called from Parsl's scaling thread, one provider per SLURM task kind
+        with self._record_lock:
+            try:
+                rows = json.loads(self.blocks_file.read_text())
+            except (OSError, ValueError):
+                rows = []
+            rows.append(
+                {
+                    "kind": kind,
+                    "executor": self._labels[kind],
+                    "job_id": str(job_id),
+                    "submitted": datetime.now(UTC).isoformat(timespec="seconds"),
+                }
+            )
+            atomic_write_json(self.blocks_file, rows)
+
     def blocks(self) -> list[dict[str, Any]]:
         """Live SLURM blocks of this run: kind, executor, block id, job id, state.
 
@@ -301,4 +344,49 @@ class Execution:
         return rows
 
 
-__all__ = ["Execution", "machine_cores"]
+def blocks_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / ".hillwalker" / "slurm-blocks.json"
+
+
+#: SLURM states of a block that still holds or waits for resources
+LIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED"})
+
+
+def read_blocks(run_dir: str | Path, *, live_only: bool = False) -> list[dict[str, Any]]:
+    """The SLURM jobs (blocks) a run in ``run_dir`` submitted, with their state now.
+
+    For ``hillwalker status`` while ``run`` works in another process: job ids come from the
+    record the running Execution keeps, states from ``squeue`` (``FINISHED`` once SLURM has
+    forgotten the job, ``UNKNOWN`` if squeue cannot be asked). Each row: kind, executor, job_id,
+    submitted (ISO time), state, live (bool).
+    """
+    try:
+        rows: list[dict[str, Any]] = json.loads(blocks_file(run_dir).read_text())
+    except (OSError, ValueError):
+        return []
+    states: dict[str, str] | None = {}
+    if rows:
+        ids = ",".join(row["job_id"] for row in rows)
+        try:
+            done = subprocess.run(
+                ["squeue", "-h", "-t", "all", "-j", ids, "-o", "%i %T"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=False,
+            )
+            lines = done.stdout.splitlines() if done.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired):
+            lines = None
+        if lines is None:
+            states = None
+        else:
+            states = dict(line.split(maxsplit=1) for line in lines if line.strip())
+    for row in rows:
+        state = "UNKNOWN" if states is None else states.get(row["job_id"], "FINISHED").strip()
+        row["state"] = state
+        row["live"] = state in LIVE_STATES
+    return [row for row in rows if row["live"]] if live_only else rows
+
+
+__all__ = ["LIVE_STATES", "Execution", "blocks_file", "machine_cores", "read_blocks"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hillwalker.execution import Execution
+from hillwalker.execution import Execution, read_blocks
 from hillwalker.sites import SiteProfile
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -144,6 +144,8 @@ def test_three_task_kinds_and_cp2k_on_two_ranks_run_in_slurm_jobs(
         jobs = {kind: f.result(timeout=180) for kind, f in futures.items()}
         mpi = parallel.result(timeout=300)
         blocks = ex.blocks()
+        # what `hillwalker status` shows from another process: the record + squeue
+        live = read_blocks(tmp_path, live_only=True)
     jobs["dft"] = str(mpi["job"])
     known = slurm_cluster.jobs()
     # leaving the with-block ended every block
@@ -153,6 +155,11 @@ def test_three_task_kinds_and_cp2k_on_two_ranks_run_in_slurm_jobs(
     assert set(jobs.values()) <= set(known), (jobs, known)
     assert {row["kind"]: row["job_id"] for row in blocks} == jobs
     assert {row["state"] for row in blocks} <= {"RUNNING", "PENDING", "COMPLETED", "CANCELLED"}
+    assert {row["kind"]: row["job_id"] for row in live} == jobs
+    assert {row["state"] for row in live} == {"RUNNING"}
+    after = read_blocks(tmp_path)
+    assert {row["job_id"] for row in after} == set(jobs.values())
+    assert {row["state"] for row in after} <= {"CANCELLED", "COMPLETED", "COMPLETING"}
     assert "Partition=" + slurm_cluster.partition in slurm_cluster.job_info(jobs["dft"])
     assert serial["ranks"] == 1 and serial["job"] is None
     assert mpi["ranks"] == 2
