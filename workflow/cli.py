@@ -163,6 +163,10 @@ def new(
     temperature: Annotated[
         float, typer.Option(help="With --structure: walker temperature, K.")
     ] = 300.0,
+    primitive: Annotated[
+        bool,
+        typer.Option(help="With --structure: reduce a periodic structure to its primitive cell."),
+    ] = False,
 ) -> None:
     """Make a campaign directory from a shipped template, or for a new material's structure."""
     from hillwalker.material_templates import TemplateError, new_from_structure, new_from_template
@@ -174,7 +178,12 @@ def new(
             made = new_from_template(directory, template)
         elif structure is not None:
             made = new_from_structure(
-                directory, structure, cv=cv, level=level, temperature=temperature
+                directory,
+                structure,
+                cv=cv,
+                level=level,
+                temperature=temperature,
+                primitive=primitive,
             )
         else:
             raise fail("new: give --template NAME (see hillwalker templates) or --structure FILE")

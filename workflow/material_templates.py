@@ -227,6 +227,18 @@ def _names_in(path: Path) -> dict[str, set[str]]:
     return names
 
 
+def _primitive_cell(source: Path, atoms: Atoms) -> tuple[Atoms, str]:
+    """The primitive cell of a periodic structure (pymatgen) and its CIF text."""
+    if not np.all(atoms.pbc):
+        raise TemplateError(f"--primitive: {source} has no periodic cell to reduce")
+    from pymatgen.io.ase import AseAtomsAdaptor
+    from pymatgen.io.cif import CifWriter
+
+    reduced = AseAtomsAdaptor.get_structure(atoms).get_primitive_structure()  # type: ignore[arg-type]
+    cell = AseAtomsAdaptor.get_atoms(reduced)
+    return cell, str(CifWriter(reduced))
+
+
 def _structure_name(source: Path) -> str:
     return "structure.cif" if source.suffix.lower() == ".cif" else "structure.xyz"
 
@@ -269,10 +281,12 @@ def new_from_structure(
     cv: str = "volume",
     level: str = "xtb",
     temperature: float = 300.0,
+    primitive: bool = False,
 ) -> Path:
     """Make a campaign directory for a material nothing ships, from the generic template.
 
-    The structure is copied unchanged; the level gets the structure's elements (KINDs from
+    The structure is copied unchanged (or reduced to its primitive cell with pymatgen when
+    ``primitive``: every label then costs less); the level gets the structure's elements (KINDs from
     CP2K's data files for PBE-D3); the PLUMED input gets the CV with widths, grid and walls
     set from the start structure; NPT walkers for the volume, NVT otherwise.
     """
@@ -289,9 +303,12 @@ def new_from_structure(
     except ValueError as exc:
         raise TemplateError(str(exc)) from None
     periodic = bool(np.all(atoms.pbc))
+    reduced_cif = None
+    if primitive:
+        atoms, reduced_cif = _primitive_cell(source, atoms)
     choice = CvChoice.parse(cv, len(atoms), periodic)
     elements = sorted(set(atoms.get_chemical_symbols()), key=atomic_numbers.__getitem__)
-    structure_name = _structure_name(source)
+    structure_name = "structure.cif" if reduced_cif else _structure_name(source)
     level_file = f"levels/{level}.inp"
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", target.resolve().name) or "campaign"
     ensemble = "npt" if choice.kind == "volume" else "nvt"
@@ -310,6 +327,7 @@ def new_from_structure(
         "SOURCE": source.name,
         "STRUCTURE": structure_name,
         "SUMMARY": summary,
+        "COPIED": "reduced to its primitive cell (pymatgen)" if reduced_cif else "copied unchanged",
         "LEVEL": level_file,
         "LEVEL_NAME": level,
         "LEVEL_NOTE": "GFN1-xTB" if level == "xtb" else "PBE-D3(BJ), MOLOPT DZVP, GTH-PBE",
@@ -339,7 +357,9 @@ def new_from_structure(
             text = fill_placeholders(template.read_text(), values, f"{GENERIC}/{template.name}")
             (staging / relative).parent.mkdir(parents=True, exist_ok=True)
             (staging / relative).write_text(text)
-        if source.suffix.lower() in {".cif", ".xyz", ".extxyz"}:
+        if reduced_cif is not None:
+            (staging / structure_name).write_text(reduced_cif)
+        elif source.suffix.lower() in {".cif", ".xyz", ".extxyz"}:
             shutil.copyfile(source, staging / structure_name)
         else:
             atoms.write(staging / structure_name, format="extxyz")

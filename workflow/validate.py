@@ -499,6 +499,7 @@ def _nequip_species(path: Path, config: Any, atoms: Atoms, report: ValidationRep
     structure_species = sorted(set(atoms.get_chemical_symbols()), key=chemical_symbols.index)
     if OmegaConf.is_missing(config, "model_type_names"):
         config.model_type_names = structure_species
+    reported: list[str] | None = None
     for key in ("model_type_names", "chemical_species"):
         try:
             value = OmegaConf.select(config, key, throw_on_missing=True)
@@ -513,11 +514,15 @@ def _nequip_species(path: Path, config: Any, atoms: Atoms, report: ValidationRep
         if not isinstance(names, list) or not all(isinstance(s, str) for s in names):
             report.problems.append(f"{path}: {key}: expected a list of element symbols")
             continue
+        if names == reported:
+            continue  # chemical_species: ${model_type_names}, whose problem is reported
         unknown = [s for s in names if s not in chemical_symbols[1:]]
         if unknown:
             report.problems.append(f"{path}: {key}: {', '.join(unknown)} is not an element")
         missing = [s for s in structure_species if s not in names]
         extra = [s for s in names if s not in structure_species and s not in unknown]
+        if unknown or missing or (key == "model_type_names" and extra):
+            reported = names
         if missing or (key == "model_type_names" and extra):
             report.problems.append(
                 f"{path}: {key}: [{', '.join(names)}] does not match the structure's species "
