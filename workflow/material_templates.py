@@ -32,6 +32,8 @@ from hillwalker.validate import read_structure
 TEMPLATES_PACKAGE = "hillwalker.templates"
 #: the template directory that ``new --structure`` fills in; not a material
 GENERIC = "generic"
+#: the template whose NequIP config new materials get (the project's benchmark system)
+NEQUIP_REFERENCE = "mil53-al"
 #: collective variables ``new --structure`` can set up (``distance``/``torsion`` take atoms)
 CVS = ("volume", "distance", "torsion")
 #: levels of theory ``new --structure`` can write
@@ -239,6 +241,28 @@ def _primitive_cell(source: Path, atoms: Atoms) -> tuple[Atoms, str]:
     return cell, str(CifWriter(reduced))
 
 
+def reference_nequip_body(stress_weight: float) -> str:
+    """The reference NequIP config (``mil53-al/nequip.yaml`` from its ``run:`` key on, without
+    its material-specific header) with the top-level ``stress_weight`` replaced.
+
+    Taken from the shipped file each time, so that a new material trains exactly like the
+    benchmark one and the two never drift apart.
+    """
+    source = templates_root().joinpath(NEQUIP_REFERENCE, "nequip.yaml")
+    text = source.read_text()
+    start = re.search(r"^run:", text, flags=re.M)
+    body, count = re.subn(
+        r"^stress_weight:.*$",
+        f"stress_weight: {stress_weight!r}",
+        text[start.start() if start else 0 :],
+        count=1,
+        flags=re.M,
+    )
+    if count != 1:
+        raise TemplateError(f"{NEQUIP_REFERENCE}/nequip.yaml: stress_weight: missing top-level key")
+    return body.rstrip("\n")
+
+
 def _structure_name(source: Path) -> str:
     return "structure.cif" if source.suffix.lower() == ".cif" else "structure.xyz"
 
@@ -337,11 +361,11 @@ def new_from_structure(
         "ENSEMBLE": ensemble,
         "TEMPERATURE": f"{temperature:g}",
         "CELL_STRAIN": "0.03" if periodic else "0.0",
-        "STRESS_WEIGHT": "1000.0" if periodic else "0.0",
         "STRESS_NOTE": "periodic: trained on stress, which NPT walkers need"
         if periodic
         else "no cell: no stress labels, no stress loss",
         "KINDS": pbe_kinds(elements, cp2k_data_dir()) if level == "pbe-d3" else "",
+        "NEQUIP_BODY": reference_nequip_body(1000.0 if periodic else 0.0),
     } | _cv_values(choice, atoms, temperature)
 
     generic = templates_root().joinpath(GENERIC)
