@@ -217,6 +217,115 @@ def validate(
     typer.echo(f"ok: {directory} is ready to run")
 
 
+@app.command("train")
+def train_command(
+    data: Annotated[list[Path], typer.Argument(help="Labeled frames (extxyz), one or more files.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Model directory to write.")],
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="NequIP hydra YAML (default: the MIL-53(Al) template)."),
+    ] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option("--init", help="Warm start from a previous model (directory or .nequip.zip)."),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Override max_epochs.")] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
+    compile_model: Annotated[
+        bool, typer.Option("--compile/--no-compile", help="AOTInductor-compile for ASE MD.")
+    ] = True,
+) -> None:
+    """Train a NequIP model (package + compiled model + model.json record) on labeled frames."""
+    from hillwalker.dataset import DatasetError
+    from hillwalker.engines.nequip import ModelError
+    from hillwalker.modeling import describe_training, train_model
+
+    try:
+        model = train_model(
+            data,
+            out,
+            config=config,
+            init=init,
+            epochs=epochs,
+            device=device,
+            compile=compile_model,
+        )
+    except (ModelError, DatasetError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(describe_training(model))
+
+
+@app.command("evaluate")
+def evaluate_command(
+    model: Annotated[Path, typer.Argument(help="Model directory, .nequip.zip or .nequip.pt2.")],
+    frames: Annotated[Path, typer.Argument(help="Labeled frames (extxyz).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the errors as JSON.")] = False,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
+) -> None:
+    """Energy (meV/atom), force (meV/Å) and stress (GPa) RMSE of a model on labeled frames."""
+    from hillwalker.dataset import DatasetError
+    from hillwalker.engines.nequip import ModelError
+    from hillwalker.modeling import describe_errors, evaluate_model
+
+    try:
+        result = evaluate_model(model, frames, device=device)
+    except (ModelError, DatasetError) as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        typer.echo(f"{model} on {frames}:")
+        typer.echo(describe_errors(result))
+
+
+@app.command("label")
+def label_command(
+    level: Annotated[Path, typer.Argument(help="Level of theory: a CP2K input file.")],
+    frames: Annotated[Path, typer.Argument(help="Frames to label (extxyz).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Labeled frames (extxyz).")],
+    cores: Annotated[
+        int | None, typer.Option("--cores", min=1, help="Cores to use (default: all).")
+    ] = None,
+    site: Annotated[
+        Path | None, typer.Option("--site", help="Site profile YAML (default: this machine).")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", min=1, help="Seconds per frame, then 'timeout'.")
+    ] = None,
+    work_dir: Annotated[
+        Path | None, typer.Option("--work-dir", help="CP2K task directories (default OUT.work).")
+    ] = None,
+) -> None:
+    """Label frames with CP2K in parallel; failed frames are kept, marked with their failure."""
+    from hillwalker.config import ConfigError
+    from hillwalker.labeling import LabelingError, label_file
+
+    def progress(finished: int, total: int, index: int, frame: object) -> None:
+        info = getattr(frame, "info", {})
+        state = info.get("status", "?")
+        if state != "done":
+            state += f" ({info.get('failure')})"
+        typer.echo(f"[{finished:>{len(str(total))}}/{total}] frame {index}: {state}", err=True)
+
+    try:
+        profile = None
+        if site is not None:
+            from hillwalker.sites import load_site
+
+            profile = load_site(site)
+        summary = label_file(
+            level, frames, output, cores=cores, site=profile, work_dir=work_dir,
+            timeout=timeout, on_frame=progress,
+        )  # fmt: skip
+    except (LabelingError, ConfigError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"{output}: {summary.line()}")
+    typer.echo(
+        f"  {summary.wall_seconds:.1f} s wall, {summary.cp2k_seconds:.1f} s in CP2K; "
+        f"task directories: {summary.work_dir}"
+    )
+
+
 def main() -> None:
     try:
         app()
