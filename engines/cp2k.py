@@ -41,6 +41,7 @@ from hillwalker.engines.cp2k_failures import (
     FAILURES,
     ScfCorrection,
     get_path,
+    remove_path,
     set_path,
 )
 from hillwalker.engines.cp2k_output import Cp2kOutput, parse_output
@@ -517,7 +518,7 @@ def isolated_atom_energies(
         if symbol in known:
             continue
         atom = Atoms(symbol, positions=[[box / 2] * 3], cell=[box] * 3, pbc=False)
-        spin_level = _with_multiplicity(level, _GROUND_STATE_MULTIPLICITY.get(symbol, 1))
+        spin_level = _isolated_atom_level(level, _GROUND_STATE_MULTIPLICITY.get(symbol, 1))
         result = single_point(
             atom,
             spin_level,
@@ -579,13 +580,17 @@ _GROUND_STATE_MULTIPLICITY = {
 }
 
 
-def _with_multiplicity(level: Level, multiplicity: int) -> Level:
+def _isolated_atom_level(level: Level, multiplicity: int) -> Level:
+    """The level for a free atom: spin-polarized at its ground-state multiplicity, integer
+    occupations (smearing would spread the electrons over the degenerate p/d shell, and needs
+    empty orbitals that a minimal basis such as xTB's may not have for one spin)."""
     tree = copy.deepcopy(level.tree)
-    dft = tree["+force_eval"][0].setdefault("+dft", {})
+    fe = tree["+force_eval"][0]
+    for path in ("DFT/SCF/SMEAR", "DFT/SCF/ADDED_MOS"):
+        remove_path(fe, path)
     if multiplicity > 1:
-        dft["uks"] = True
-        dft["multiplicity"] = multiplicity
-        # Smearing would blur the atom's spin state; odd electron counts need UKS anyway.
+        set_path(fe, "DFT/UKS", True)
+        set_path(fe, "DFT/MULTIPLICITY", multiplicity)
     return Level(name=level.name, path=level.path, text=level.text, tree=tree)
 
 

@@ -22,6 +22,7 @@ from hillwalker.engines.cp2k import (
     _parser,
     _to_ase_units,
     frame_input,
+    isolated_atom_energies,
     parse_output,
     single_point,
     write_input,
@@ -432,3 +433,20 @@ def test_element_without_basis_set(tmp_path: Path) -> None:
     assert_failed(result, "missing_kind")
     assert "pbe-d3.inp" in (result.message or "") and "Xe" in (result.message or "")
     assert not (tmp_path / "sp" / "attempt-1.inp").exists()
+
+
+def test_isolated_atom_energies_are_computed_once(tmp_path: Path) -> None:
+    level = Level.from_file(XTB)
+    energies = isolated_atom_energies(level, ["O", "H", "H"], tmp_path)
+    assert set(energies) == {"H", "O"}
+    # GFN1-xTB: a neutral free H atom has no charge, repulsion or dispersion terms; its energy
+    # is the 1s level energy of xTB_parameters (Hl = -10.923452 eV).
+    assert energies["H"] == pytest.approx(-10.923452, abs=1e-5)
+    oxygen_input = next(tmp_path.glob("atom_*_O/attempt-1.inp")).read_text()
+    assert "MULTIPLICITY 3" in oxygen_input and "UKS" in oxygen_input
+    assert "SMEAR" not in oxygen_input
+    cache = tmp_path / f"isolated_atoms_{level.digest()}.json"
+    assert json.loads(cache.read_text()) == energies
+    stamp = cache.stat().st_mtime_ns
+    assert isolated_atom_energies(level, ["H"], tmp_path) == {"H": energies["H"]}
+    assert cache.stat().st_mtime_ns == stamp  # nothing recomputed
