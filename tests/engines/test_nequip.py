@@ -1,0 +1,277 @@
+"""The NequIP engine on real MIL-53(Al) GFN1-xTB frames: training, warm start, resume, deploy.
+
+The session model (``mil53_model`` in conftest.py) is trained once; these tests read it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms, units
+from ase.calculators.emt import EMT
+from conftest import NEQUIP_TEST_THREADS, mil53_test_settings
+
+from hillwalker.dataset import label, labels, read_frames, write_frames
+from hillwalker.engines.nequip import (
+    ModelError,
+    TrainSettings,
+    _energy_shifts,
+    evaluate,
+    load_calculator,
+    model_species,
+    train,
+)
+
+MIL53_SPECIES = ["H", "C", "O", "Al"]
+
+
+@pytest.mark.slow
+def test_validation_force_error_falls_during_training(mil53_model):
+    m = mil53_model.metrics
+    history = m["history"]
+    assert [h["epoch"] for h in history] == list(range(1, 26))
+    first, last = history[0]["val_forces_rmse"], history[-1]["val_forces_rmse"]
+    assert last < 0.6 * first, (first, last)
+    assert m["n_train"] + m["n_val"] == 36 and m["n_val"] == 4
+    assert m["species"] == MIL53_SPECIES
+    assert m["stress_trained"] is True
+    # the record's validation errors are the deployed package's, in meV/atom, meV/Å and GPa:
+    # the same numbers nequip logged (in eV, eV/Å, eV/Å³) for the deployed epoch
+    deployed = next(h for h in history if h["epoch"] == m["deployed_epoch"])
+    assert m["force_rmse_mev_per_ang"] == pytest.approx(1000 * deployed["val_forces_rmse"], 1e-6)
+    assert m["energy_rmse_mev_per_atom"] == pytest.approx(
+        1000 * deployed["val_per_atom_energy_rmse"], 1e-6
+    )
+    assert m["stress_rmse_gpa"] == pytest.approx(deployed["val_stress_rmse"] / units.GPa, 1e-6)
+    assert deployed["val_forces_rmse"] == min(h["val_forces_rmse"] for h in history)
+
+    progress = json.loads((mil53_model.directory / "progress.json").read_text())
+    assert progress["stage"] == "done"
+    assert (progress["epoch"], progress["max_epochs"]) == (25, 25)
+    record = json.loads(mil53_model.record.read_text())
+    assert record["compiled_device"] == "cpu"
+    assert mil53_model.package.is_file() and mil53_model.compiled.is_file()
+
+
+@pytest.mark.slow
+def test_finished_model_is_returned_not_retrained(mil53_model):
+    data = Path(mil53_model.metrics["config"]["data"][0])
+    started = time.perf_counter()
+    again = train(
+        data, mil53_model.directory, settings=mil53_test_settings(), device="cpu", threads=1
+    )
+    assert time.perf_counter() - started < 20
+    assert again.metrics == mil53_model.metrics
+
+
+@pytest.mark.slow
+def test_compiled_model_and_package_agree(mil53_model, mil53_held_out_frames):
+    atoms = mil53_held_out_frames[0].copy()
+    results = {}
+    for path in (mil53_model.package, mil53_model.compiled):
+        probe = atoms.copy()
+        probe.calc = load_calculator(path, device="cpu", threads=NEQUIP_TEST_THREADS)
+        results[path.name] = (probe.get_potential_energy(), probe.get_forces(), probe.get_stress())
+    (e1, f1, s1), (e2, f2, s2) = results.values()
+    assert abs(e1 - e2) <= 1e-4
+    np.testing.assert_allclose(f1, f2, atol=1e-4)
+    np.testing.assert_allclose(s1, s2, atol=1e-6)
+    # and the model is not trivially constant: it predicts forces of the right size
+    assert np.abs(f1).max() > 0.5
+
+
+@pytest.mark.slow
+def test_model_stress_is_ase_convention(mil53_model, mil53_held_out_frames):
+    """stress = (1/V) dE/dε (eV/Å³, positive = tensile), checked by finite differences."""
+    atoms = mil53_held_out_frames[1].copy()
+    calc = load_calculator(mil53_model.compiled, device="cpu", threads=NEQUIP_TEST_THREADS)
+    atoms.calc = calc
+    stress = atoms.get_stress(voigt=False)
+    h = 1e-5
+    numeric = np.zeros((3, 3))
+    for i, j in [(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]:
+        energies = []
+        for sign in (1, -1):
+            strain = np.eye(3)
+            strain[i, j] += sign * h / (2 if i != j else 1)
+            strain[j, i] += sign * h / 2 if i != j else 0
+            probe = atoms.copy()
+            probe.set_cell(atoms.cell @ strain, scale_atoms=True)
+            probe.calc = calc
+            energies.append(probe.get_potential_energy())
+        numeric[i, j] = numeric[j, i] = (energies[0] - energies[1]) / (2 * h) / atoms.get_volume()
+    np.testing.assert_allclose(stress, numeric, atol=2e-5)
+    assert np.abs(stress).max() > 1e-3
+
+
+@pytest.mark.slow
+def test_npt_md_with_session_model_stays_physical(mil53_model, mil53_frames_path):
+    """The walkers' use: 38-atom NPT MD at 300 K, 200 steps of 1 fs, with the compiled model."""
+    from ase.md.nose_hoover_chain import MTKNPT
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    atoms = read_frames(mil53_frames_path.parent / "mil53_np_relaxed_xtb.extxyz")[0]
+    atoms.calc = load_calculator(mil53_model.compiled, device="cpu", threads=NEQUIP_TEST_THREADS)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    md = MTKNPT(
+        atoms,
+        timestep=1.0 * units.fs,
+        temperature_K=300,
+        pressure_au=0.0,
+        tdamp=100 * units.fs,
+        pdamp=1000 * units.fs,
+    )
+    v0 = atoms.get_volume()
+    md.run(200)
+    assert 0.8 * v0 < atoms.get_volume() < 1.3 * v0
+    assert atoms.get_temperature() < 1000
+    assert np.abs(atoms.get_forces()).max() < 20
+
+
+@pytest.mark.slow
+def test_warm_start_learns_the_new_frames(
+    mil53_model, mil53_frames_path, mil53_held_out_frames, tmp_path
+):
+    before = evaluate(mil53_model.package, mil53_held_out_frames, device="cpu")
+    nxt = train(
+        mil53_frames_path,  # all 48 frames: the 36 seen before and the 12 new ones
+        tmp_path / "gen1",
+        settings=mil53_test_settings(epochs=6),
+        init_from=mil53_model.package,
+        device="cpu",
+        compile=False,
+        threads=NEQUIP_TEST_THREADS,
+    )
+    after = evaluate(nxt.package, mil53_held_out_frames, device="cpu")
+    assert nxt.metrics["config"]["init_from"] == str(mil53_model.package)
+    assert nxt.compiled is None
+    assert after["force_rmse_mev_per_ang"] < before["force_rmse_mev_per_ang"], (before, after)
+    # it started from the previous weights: its first epoch is already near the old model
+    first = nxt.metrics["history"][0]["val_forces_rmse"]
+    scratch_first = mil53_model.metrics["history"][0]["val_forces_rmse"]
+    assert first < 0.7 * scratch_first
+
+
+def _small_frames(n: int) -> list[Atoms]:
+    frames = read_frames(Path(__file__).parent.parent / "data" / "mil53_xtb_frames.extxyz")
+    return frames[:n]
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_last_checkpoint(tmp_path):
+    data = tmp_path / "frames.extxyz"
+    write_frames(data, _small_frames(6))
+    out = tmp_path / "model"
+    script = (
+        "import sys; from pathlib import Path; "
+        "from hillwalker.engines.nequip import TrainSettings, train; "
+        "s = TrainSettings.from_template(None, epochs=4, num_features=8, num_layers=1); "
+        f"train(Path({str(data)!r}), Path({str(out)!r}), settings=s, device='cpu', "
+        "compile=False, threads=1)"
+    )
+    # its own session, so that the kill takes nequip-train with it, as a killed job would
+    job = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            progress = out / "progress.json"
+            if progress.is_file() and json.loads(progress.read_text())["epoch"] >= 2:
+                break
+            assert job.poll() is None, "training ended before it could be killed"
+            time.sleep(0.2)
+        else:
+            pytest.fail("training did not reach epoch 2")
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    assert not (out / "model.json").exists()
+    assert (out / "train" / "last.ckpt").is_file()
+
+    settings = TrainSettings.from_template(None, epochs=4, num_features=8, num_layers=1)
+    model = train(data, out, settings=settings, device="cpu", compile=False, threads=1)
+    assert model.metrics["resumed"] is True
+    assert "Continuing training with checkpoint" in (out / "train.log").read_text()
+    assert [h["epoch"] for h in model.metrics["history"]] == [1, 2, 3, 4]
+
+
+def test_training_input_errors_name_the_file(tmp_path):
+    empty = tmp_path / "empty.extxyz"
+    empty.write_text("")
+    with pytest.raises(ModelError, match=r"empty\.extxyz: no labeled frames"):
+        train(empty, tmp_path / "m")
+
+    unlabeled = tmp_path / "unlabeled.extxyz"
+    write_frames(unlabeled, [Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]])] * 2)
+    with pytest.raises(ModelError, match=r"unlabeled\.extxyz: frame 0 has no energy"):
+        train(unlabeled, tmp_path / "m")
+
+    # failed single points never count as training data
+    failed = tmp_path / "failed.extxyz"
+    h2 = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]])
+    write_frames(failed, [label(h2, -1.0, np.zeros((2, 3)), status="failed")] * 3)
+    with pytest.raises(ModelError, match="no labeled frames"):
+        train(failed, tmp_path / "m")
+
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("run: [train]\nmax_epochs: ten\n")
+    with pytest.raises(ModelError, match=r"bad\.yaml: data: missing"):
+        TrainSettings.from_template(bad_yaml)
+
+
+def test_template_knobs_are_read_and_type_checked(tmp_path):
+    shipped = TrainSettings.from_template()
+    assert (shipped.r_max, shipped.l_max, shipped.num_layers, shipped.num_features) == (
+        5.0,
+        1,
+        2,
+        32,
+    )
+    assert shipped.stress_weight > 0  # NPT walkers need a model trained on stress
+    text = (Path(__file__).parents[2] / "templates/mil53-al/nequip.yaml").read_text()
+    broken = tmp_path / "nequip.yaml"
+    broken.write_text(text.replace("max_epochs: 200", "max_epochs: ten"))
+    with pytest.raises(ModelError, match=r"nequip\.yaml: max_epochs: expected int"):
+        TrainSettings.from_template(broken)
+    assert TrainSettings.from_template(None, epochs=7).epochs == 7
+
+
+def test_energy_shifts_from_data():
+    """Per-type shifts: the mean energy per atom for one composition, exact for a linear model."""
+    cell = Atoms("CuAl", positions=[[0, 0, 0], [1.5, 1.5, 1.5]], cell=[3, 3, 3], pbc=True)
+    per_type = {"Al": -3.0, "Cu": -5.0}
+
+    def frame(symbols: str) -> Atoms:
+        atoms = Atoms(symbols)
+        atoms.positions = np.arange(len(atoms) * 3).reshape(-1, 3) * 1.0
+        energy = sum(per_type[s] for s in atoms.get_chemical_symbols())
+        return label(atoms, energy, np.zeros((len(atoms), 3)))
+
+    same = [label(cell, -8.0 + d, np.zeros((2, 3))) for d in (-0.1, 0.0, 0.1)]
+    assert _energy_shifts(same, ["Al", "Cu"], None, []) == pytest.approx({"Al": -4.0, "Cu": -4.0})
+    mixed = [frame("CuAl"), frame("Cu3Al"), frame("CuAl2")]
+    assert _energy_shifts(mixed, ["Al", "Cu"], None, []) == pytest.approx(per_type, abs=1e-4)
+    given = {"Al": -1.0, "Cu": -2.0, "O": -3.0}
+    assert _energy_shifts(mixed, ["Al", "Cu"], given, []) == {"Al": -1.0, "Cu": -2.0}
+    with pytest.raises(ModelError, match="no energy for element"):
+        _energy_shifts(mixed, ["Al", "Cu"], {"Al": -1.0}, [])
+
+
+@pytest.mark.slow
+def test_species_and_unknown_element(mil53_model):
+    assert model_species(mil53_model.directory) == MIL53_SPECIES
+    assert model_species(mil53_model.package) == MIL53_SPECIES
+    assert model_species(mil53_model.compiled) == MIL53_SPECIES
+    copper = Atoms("Cu4", positions=np.eye(4, 3) * 2.0, cell=[8, 8, 8], pbc=True)
+    copper.calc = EMT()
+    frame = label(copper, copper.get_potential_energy(), copper.get_forces())
+    with pytest.raises(ModelError, match=r"element\(s\) Cu not in the model"):
+        evaluate(mil53_model.package, [frame], device="cpu")
+    assert labels(frame)["forces"].shape == (4, 3)

@@ -1,0 +1,196 @@
+"""``hillwalker train`` and ``hillwalker evaluate`` through the real command line (typer)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.calculators.emt import EMT
+from typer.testing import CliRunner
+
+from hillwalker.cli import app
+from hillwalker.dataset import label, read_frames, write_frames
+from hillwalker.engines.nequip import evaluate
+
+runner = CliRunner()
+
+EVALUATE_KEYS = {
+    "n_frames",
+    "energy_rmse_mev_per_atom",
+    "force_rmse_mev_per_ang",
+    "stress_rmse_gpa",
+    "force_rmse_by_element",
+}
+
+
+def _fails_cleanly(result, *names: str) -> str:
+    """Exit 1, one 'error:' line on stderr naming the files, no traceback."""
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_evaluate_json_for_directory_package_and_compiled(
+    mil53_model, mil53_held_out_frames, tmp_path
+):
+    frames = tmp_path / "held_out.extxyz"
+    write_frames(frames, mil53_held_out_frames)
+    expected = evaluate(mil53_model.compiled, mil53_held_out_frames, device="cpu")
+    for model in (mil53_model.directory, mil53_model.package, mil53_model.compiled):
+        result = runner.invoke(app, ["evaluate", str(model), str(frames), "--json"])
+        assert result.exit_code == 0, result.output
+        got = json.loads(result.stdout)
+        assert set(got) == EVALUATE_KEYS
+        assert got["n_frames"] == 12
+        assert set(got["force_rmse_by_element"]) == {"H", "C", "O", "Al"}
+        assert got["stress_rmse_gpa"] is not None
+        for key in ("energy_rmse_mev_per_atom", "force_rmse_mev_per_ang", "stress_rmse_gpa"):
+            assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6)
+    # a sanity scale for a trained model on unseen xTB frames (meV/Å), not a constant
+    assert 20 < got["force_rmse_mev_per_ang"] < 3000
+
+
+@pytest.mark.slow
+def test_evaluate_without_stress_reports_null(mil53_model, mil53_held_out_frames, tmp_path):
+    stripped = []
+    for atoms in mil53_held_out_frames[:2]:
+        frame = atoms.copy()
+        frame.calc = None
+        ref = atoms.calc.results
+        stripped.append(label(frame, ref["energy"], ref["forces"]))
+    frames = tmp_path / "no_stress.extxyz"
+    write_frames(frames, stripped)
+    result = runner.invoke(app, ["evaluate", str(mil53_model.directory), str(frames), "--json"])
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+    assert got["stress_rmse_gpa"] is None and got["n_frames"] == 2
+    text = runner.invoke(app, ["evaluate", str(mil53_model.directory), str(frames)])
+    assert text.exit_code == 0 and "no stress labels" in text.stdout
+
+
+@pytest.mark.slow
+def test_evaluate_bad_inputs_fail_with_one_line(mil53_model, tmp_path):
+    model = str(mil53_model.directory)
+
+    copper = Atoms("Cu4", positions=np.eye(4, 3) * 2.0, cell=[8, 8, 8], pbc=True)
+    copper.calc = EMT()
+    cu = tmp_path / "copper.extxyz"
+    write_frames(cu, [label(copper, copper.get_potential_energy(), copper.get_forces())])
+    line = _fails_cleanly(runner.invoke(app, ["evaluate", model, str(cu)]), "copper.extxyz", "Cu")
+    assert "not in the model" in line
+
+    no_forces = tmp_path / "no_forces.extxyz"
+    frame = read_frames(mil53_model.directory / "data" / "val.extxyz")[0]
+    frame.calc = None
+    write_frames(no_forces, [frame])
+    line = _fails_cleanly(runner.invoke(app, ["evaluate", model, str(no_forces)]), "no_forces")
+    assert "has no energy" in line or "has no forces" in line
+
+    empty = tmp_path / "empty.extxyz"
+    empty.write_text("")
+    line = _fails_cleanly(runner.invoke(app, ["evaluate", model, str(empty)]), "empty.extxyz")
+    assert "empty dataset" in line
+
+    frames = mil53_model.directory / "data" / "val.extxyz"
+    for name in ("corrupt.nequip.zip", "corrupt.nequip.pt2"):
+        corrupt = tmp_path / name
+        corrupt.write_bytes(b"PK\x03\x04 this is not a model" * 10)
+        line = _fails_cleanly(runner.invoke(app, ["evaluate", str(corrupt), str(frames)]), name)
+        assert "not a readable NequIP model" in line
+
+    # a zip archive, but not a model: nequip's loader fails, the message is still one line
+    archive = tmp_path / "archive.nequip.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("model/readme.txt", "not a model")
+    line = _fails_cleanly(runner.invoke(app, ["evaluate", str(archive), str(frames)]), "archive")
+    assert "not a readable NequIP model" in line
+
+    # a model directory whose package was damaged after training
+    damaged = tmp_path / "damaged"
+    shutil.copytree(mil53_model.directory, damaged, ignore=shutil.ignore_patterns("train"))
+    (damaged / "model.nequip.zip").write_bytes(b"garbage")
+    (damaged / "model.json").write_text(
+        (damaged / "model.json").read_text().replace('"compiled_device": "cpu"', '"x": 0')
+    )
+    _fails_cleanly(runner.invoke(app, ["evaluate", str(damaged), str(frames)]), "damaged")
+
+    missing = tmp_path / "nothing.nequip.zip"
+    line = _fails_cleanly(runner.invoke(app, ["evaluate", str(missing), str(frames)]), "nothing")
+    assert "no such model" in line
+
+    unknown = tmp_path / "model.txt"
+    unknown.write_text("hello")
+    _fails_cleanly(runner.invoke(app, ["evaluate", str(unknown), str(frames)]), "model.txt")
+
+
+def test_train_bad_inputs_fail_with_one_line(tmp_path):
+    out = str(tmp_path / "model")
+    empty = tmp_path / "empty.extxyz"
+    empty.write_text("")
+    line = _fails_cleanly(runner.invoke(app, ["train", str(empty), "-o", out]), "empty.extxyz")
+    assert "no labeled frames" in line
+
+    no_forces = tmp_path / "no_forces.extxyz"
+    h2 = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]])
+    write_frames(no_forces, [h2, h2])
+    line = _fails_cleanly(runner.invoke(app, ["train", str(no_forces), "-o", out]), "no_forces")
+    assert "has no energy" in line
+
+    _fails_cleanly(
+        runner.invoke(app, ["train", str(tmp_path / "absent.extxyz"), "-o", out]), "absent"
+    )
+
+    labeled = tmp_path / "h2.extxyz"
+    write_frames(labeled, [label(h2, -1.0, np.zeros((2, 3)))] * 3)
+    corrupt = tmp_path / "prev.nequip.zip"
+    corrupt.write_bytes(b"not a zip")
+    _fails_cleanly(
+        runner.invoke(app, ["train", str(labeled), "-o", out, "--init", str(corrupt)]),
+        "prev.nequip.zip",
+    )
+    _fails_cleanly(
+        runner.invoke(
+            app, ["train", str(labeled), "-o", out, "--config", str(tmp_path / "x.yaml")]
+        ),
+        "x.yaml",
+    )
+    _fails_cleanly(
+        runner.invoke(app, ["train", str(labeled), "-o", out, "--epochs", "0"]), "epochs"
+    )
+
+
+@pytest.mark.slow
+def test_train_command_writes_a_model(mil53_frames_path, tmp_path):
+    frames = tmp_path / "frames.extxyz"
+    write_frames(frames, read_frames(mil53_frames_path)[::8])  # 6 frames across np -> lp
+    config = tmp_path / "small.yaml"
+    template = (mil53_frames_path.parents[2] / "templates/mil53-al/nequip.yaml").read_text()
+    config.write_text(template.replace("num_features: 32", "num_features: 8"))
+    out = tmp_path / "model"
+    result = runner.invoke(
+        app,
+        [
+            *("train", str(frames), "-o", str(out), "--config", str(config)),
+            *("--epochs", "2", "--device", "cpu", "--no-compile"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "model.json").read_text())
+    assert record["metrics"]["n_train"] + record["metrics"]["n_val"] == 6
+    assert record["metrics"]["epochs_run"] == 2
+    assert record["metrics"]["config"]["settings"]["num_features"] == 8
+    assert record["compiled"] is None
+    assert "validation force RMSE" in result.stdout
+    evaluated = runner.invoke(app, ["evaluate", str(out), str(frames), "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.stdout)["n_frames"] == 6

@@ -1,0 +1,101 @@
+"""Bodies of the ``hillwalker train`` and ``hillwalker evaluate`` commands.
+
+The NequIP work is in :mod:`hillwalker.engines.nequip`; this module reads the user's files,
+applies the command-line options to the template's settings and formats the results. Errors are
+:class:`~hillwalker.engines.nequip.ModelError` or :class:`~hillwalker.dataset.DatasetError`,
+each one line naming the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hillwalker.dataset import read_frames
+from hillwalker.engines.nequip import (
+    ModelError,
+    TrainedModel,
+    TrainSettings,
+    default_template,
+    evaluate,
+    train,
+)
+
+
+def train_model(
+    data: Sequence[Path],
+    out_dir: Path,
+    *,
+    config: Path | None = None,
+    init: Path | None = None,
+    epochs: int | None = None,
+    device: str = "auto",
+    compile: bool = True,
+) -> TrainedModel:
+    """Train a model on the frames in ``data`` with the template ``config`` (default: MIL-53)."""
+    template = Path(config) if config is not None else default_template()
+    if not template.is_file():
+        raise ModelError(f"{template}: no such NequIP config file")
+    changes: dict[str, Any] = {}
+    if epochs is not None:
+        if epochs < 1:
+            raise ModelError(f"--epochs: must be at least 1, not {epochs}")
+        changes["epochs"] = epochs
+    settings = TrainSettings.from_template(template, **changes)
+    return train(
+        list(data),
+        out_dir,
+        template=template,
+        settings=settings,
+        init_from=init,
+        device=device,
+        compile=compile,
+    )
+
+
+def evaluate_model(model: Path, frames_path: Path, *, device: str = "auto") -> dict[str, Any]:
+    """Errors of a model (directory, .nequip.zip or .nequip.pt2) on the frames of a file."""
+    if not Path(model).exists():
+        raise ModelError(f"{model}: no such model file or directory")
+    frames = read_frames(frames_path)
+    return evaluate(model, frames, device=device, source=str(frames_path))
+
+
+def describe_training(model: TrainedModel) -> str:
+    m = model.metrics
+    history = m.get("history") or []
+    lines = [f"model: {model.directory}"]
+    lines.append(f"  package   {model.package.name}")
+    if model.compiled is not None:
+        lines.append(f"  compiled  {model.compiled.name} ({m['config']['device']})")
+    lines.append(
+        f"  frames    {m['n_train']} train, {m['n_val']} validation; species "
+        f"{' '.join(m['species'])}; stress {'yes' if m['stress_trained'] else 'no'}"
+    )
+    if history:
+        first, last = history[0], history[-1]
+        lines.append(
+            f"  epochs    {m['epochs_run']} (deployed: {m['deployed_epoch']}); validation force "
+            f"RMSE {1000 * first['val_forces_rmse']:.1f} -> {1000 * last['val_forces_rmse']:.1f} "
+            "meV/Å"
+        )
+    lines.append("  validation of the deployed model:")
+    lines.extend("  " + line for line in describe_errors(m).splitlines())
+    lines.append(f"  wall time {m['wall_seconds']['total']:.1f} s")
+    return "\n".join(lines)
+
+
+def describe_errors(result: dict[str, Any]) -> str:
+    stress = result.get("stress_rmse_gpa")
+    lines = []
+    if "n_frames" in result:
+        lines.append(f"  frames           {result['n_frames']}")
+    lines += [
+        f"  energy RMSE      {result['energy_rmse_mev_per_atom']:.2f} meV/atom",
+        f"  force RMSE       {result['force_rmse_mev_per_ang']:.1f} meV/Å",
+        f"  stress RMSE      {'n/a (no stress labels)' if stress is None else f'{stress:.3f} GPa'}",
+    ]
+    for element, value in result["force_rmse_by_element"].items():
+        lines.append(f"    force RMSE {element:<3}  {value:.1f} meV/Å")
+    return "\n".join(lines)
