@@ -236,7 +236,7 @@ def _primitive_cell(source: Path, atoms: Atoms) -> tuple[Atoms, str]:
     from pymatgen.io.ase import AseAtomsAdaptor
     from pymatgen.io.cif import CifWriter
 
-    reduced = AseAtomsAdaptor.get_structure(atoms).get_primitive_structure()  # type: ignore[arg-type]
+    reduced = AseAtomsAdaptor.get_structure(atoms).get_primitive_structure()
     cell = AseAtomsAdaptor.get_atoms(reduced)
     return cell, str(CifWriter(reduced))
 

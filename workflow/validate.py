@@ -14,6 +14,7 @@ backups and the files of PRINT/METAD go there and are deleted).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import re
 import tempfile
@@ -179,7 +180,9 @@ def read_structure(path: Path) -> Atoms:
             warnings.simplefilter("ignore")
             atoms = read(path, index=0)
     except Exception as exc:  # ase raises anything from its many format readers
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        # some readers stop with a bare StopIteration/IndexError when no atom block is found
+        detail = text.splitlines()[0] if text else f"no structure found ({type(exc).__name__})"
         raise ValueError(f"{path}: unreadable structure: {detail}") from exc
     if not isinstance(atoms, Atoms) or len(atoms) == 0:
         raise ValueError(f"{path}: unreadable structure: no atoms in the file")
@@ -270,6 +273,22 @@ def _check_plumed(
             report.problems.append(
                 f"{exc} (walkers.bias: {campaign.walkers.bias} in {root / CAMPAIGN_FILE})"
             )
+    if campaign is not None:
+        for line, number in zip(lines, numbers, strict=True):
+            temp = _keyword(line, "TEMP")
+            if _label_and_action(line)[1] != "METAD" or temp is None:
+                continue
+            try:
+                mismatch = abs(float(temp) - campaign.walkers.temperature) > 1e-6
+            except ValueError:
+                continue  # not a number: the kernel reports it
+            if mismatch:
+                # well-tempered METAD scales its hills with this T; the walkers run at another
+                report.problems.append(
+                    f"{path}: line {number}: METAD TEMP={temp} K, but walkers.temperature is "
+                    f"{campaign.walkers.temperature:g} K in {root / CAMPAIGN_FILE} (make them "
+                    "equal, or drop TEMP: the walkers pass their temperature to PLUMED)"
+                )
     if campaign is not None and campaign.walkers.ensemble == "nvt":
         for line, number in zip(lines, numbers, strict=True):
             if _label_and_action(line)[1] == "VOLUME":
@@ -323,6 +342,15 @@ def _label_and_action(line: str) -> tuple[str, str]:
     return label, words[0].upper()
 
 
+def _keyword(line: str, name: str) -> str | None:
+    """Value of ``NAME=value`` in a PLUMED line (case-insensitive name), or None."""
+    for word in line.split()[1:]:
+        key, eq, value = word.partition("=")
+        if eq and key.upper() == name:
+            return value
+    return None
+
+
 def _references(line: str, labels: set[str]) -> bool:
     """Whether a PLUMED line uses (in ARG=… or any other key) a value of one of ``labels``."""
     if not labels:
@@ -342,7 +370,9 @@ def _kernel_message(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines()]
     kept = [ln for ln in lines if ln and not ln.startswith("(")]
     message = " ".join(kept) or type(exc).__name__
-    return re.sub(r"^ERROR in input to action\s+", "", message)
+    message = re.sub(r"^ERROR in input to action\s+", "", message)
+    # "TORSION_SCALAR with label t : atom 99 out of range" -> "atom 99 out of range"
+    return re.sub(r"^\S+ with label \S+ : ", "", message)
 
 
 def load_in_kernel(
@@ -396,7 +426,8 @@ def load_in_kernel(
                     message = _kernel_message(exc)
                     if "out of range" in message:
                         message += f" (the structure has {n} atoms, numbered 1 to {n})"
-                    problems.append(f"{where}: {action}: {message}")
+                    named = f"{action} {label}" if label else action
+                    problems.append(f"{where}: {named}: {message}")
                     if label:
                         failed_labels.add(label)
             try:
@@ -562,14 +593,10 @@ def _nequip_targets(path: Path, data: Any, key: str = "") -> list[str]:
     if isinstance(data, dict):
         target = data.get("_target_")
         if isinstance(target, str) and "${" not in target:
-            from hydra.utils import get_object
-
-            try:
-                get_object(target)
-            except Exception as exc:  # hydra wraps ImportError/AttributeError in its own
-                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            why = _why_not_importable(target)
+            if why:
                 problems.append(
-                    f"{path}: {key + '.' if key else ''}_target_: cannot import {target} ({detail})"
+                    f"{path}: {key + '.' if key else ''}_target_: cannot import {target} ({why})"
                 )
         for name, value in data.items():
             if name != "_target_":
@@ -578,6 +605,27 @@ def _nequip_targets(path: Path, data: Any, key: str = "") -> list[str]:
         for i, value in enumerate(data):
             problems.extend(_nequip_targets(path, value, f"{key}[{i}]"))
     return problems
+
+
+def _why_not_importable(target: str) -> str | None:
+    """None if ``a.b.C`` names an importable module attribute (as hydra locates ``_target_``)."""
+    parts = target.split(".")
+    for i in range(len(parts), 0, -1):
+        module_name = ".".join(parts[:i])
+        try:
+            obj: Any = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and not module_name.startswith(exc.name):
+                return f"importing {module_name} needs {exc.name}, which is not installed"
+            continue
+        except Exception as exc:  # a module that fails while importing
+            return f"importing {module_name} failed: {type(exc).__name__}: {exc}"
+        for attr in parts[i:]:
+            if not hasattr(obj, attr):
+                return f"{obj.__name__ if hasattr(obj, '__name__') else module_name} has no {attr}"
+            obj = getattr(obj, attr)
+        return None
+    return f"no module {parts[0]}"
 
 
 # --- site profile ----------------------------------------------------------------------------

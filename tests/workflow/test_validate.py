@@ -138,17 +138,17 @@ Breaker = Callable[[Path], str]  # breaks the campaign dir, returns the expected
 
 def _unknown_plumed_action(c: Path) -> str:
     n = _append(c / "plumed.dat", "x: FOOBAR ARG=phi\n")
-    return rf"plumed\.dat: line {n}: FOOBAR: Action \"FOOBAR\" is not known"
+    return rf"plumed\.dat: line {n}: FOOBAR x: Action \"FOOBAR\" is not known"
 
 
 def _atom_99_of_38(c: Path) -> str:
     n = _append(c / "plumed.dat", "t: TORSION ATOMS=1,2,3,99\n")
-    return rf"plumed\.dat: line {n}: TORSION: .*atom 99 out of range \(the structure has 38 atoms"
+    return rf"plumed\.dat: line {n}: TORSION t: atom 99 out of range \(the structure has 38 atoms"
 
 
 def _bad_plumed_keyword(c: Path) -> str:
     n = _append(c / "plumed.dat", "d: DISTANCE ATOMS=1,2 NOSUCHKEYWORD=3\n")
-    return rf"plumed\.dat: line {n}: DISTANCE: .*NOSUCHKEYWORD"
+    return rf"plumed\.dat: line {n}: DISTANCE d: cannot understand .*: NOSUCHKEYWORD"
 
 
 def _unclosed_plumed_block(c: Path) -> str:
@@ -193,7 +193,7 @@ def _missing_structure(c: Path) -> str:
 
 def _unreadable_cif(c: Path) -> str:
     (c / "structure.cif").write_text("data_broken\n_cell_length_a 6.5\nloop_\n_atom_site_label\n")
-    return r"structure\.cif: unreadable structure"
+    return r"structure\.cif: unreadable structure: no structure found"
 
 
 def _missing_level(c: Path) -> str:
@@ -257,7 +257,10 @@ def _nequip_target_typo(c: Path) -> str:
         "_target_: nequip.model.NequIPGNNModel",
         "_target_: nequip.model.NequIPGNNModle",
     )
-    return r"nequip\.yaml: training_module\.model\._target_: cannot import nequip\.model\.NequIPGNNModle"
+    return (
+        r"nequip\.yaml: training_module\.model\._target_: cannot import "
+        r"nequip\.model\.NequIPGNNModle \(nequip\.model has no NequIPGNNModle\)"
+    )
 
 
 def _nequip_key_removed(c: Path) -> str:
@@ -325,6 +328,17 @@ def test_broken_molecule_template_npt(tmp_path: Path) -> None:
     assert re.search(expected, out), out
 
 
+def test_metad_temperature_differs_from_the_walkers(tmp_path: Path) -> None:
+    campaign = _new(tmp_path, "alanine-dipeptide")
+    _edit(campaign / "campaign.yaml", "temperature: 300.0", "temperature: 350.0")
+    code, out = _validate(campaign)
+    assert code != 0
+    assert re.search(
+        r"plumed\.dat: line 8: METAD TEMP=300 K, but walkers\.temperature is 350 K in .*campaign\.yaml",
+        out,
+    ), out
+
+
 def test_invalid_site_profile(tmp_path: Path) -> None:
     campaign = _new(tmp_path, "alanine-dipeptide")
     site = tmp_path / "site.yaml"
@@ -357,4 +371,4 @@ def test_a_failed_cv_does_not_cascade(tmp_path: Path) -> None:
     assert code != 0
     problems = [line for line in out.splitlines() if line.startswith("problem: ")]
     assert len(problems) == 1, out
-    assert "line 4: TORSION" in problems[0] and "atom 150 out of range" in problems[0]
+    assert "plumed.dat: line 4: TORSION phi: atom 150 out of range" in problems[0]
