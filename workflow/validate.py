@@ -32,6 +32,7 @@ from hillwalker.config import (
     CAMPAIGN_FILE,
     Campaign,
     ConfigError,
+    Safety,
     read_yaml,
     validation_problems,
 )
@@ -109,7 +110,7 @@ def validate_campaign(directory: str | Path, site: str | Path | None = None) -> 
     campaign, material = _check_campaign(root, report)
     atoms = None
     if material.get("structure"):
-        atoms = _check_structure(root / material["structure"], report)
+        atoms = _check_structure(root / material["structure"], campaign, report)
     if atoms is not None and campaign is not None:
         _check_cross(root, campaign, atoms, report)
     if material.get("level"):
@@ -196,12 +197,24 @@ def read_structure(path: Path) -> Atoms:
     return atoms
 
 
-def _check_structure(path: Path, report: ValidationReport) -> Atoms | None:
+def _check_structure(
+    path: Path, campaign: Campaign | None, report: ValidationReport
+) -> Atoms | None:
     try:
         atoms = read_structure(path)
     except ValueError as exc:
         report.problems.append(str(exc))
         return None
+    try:
+        from hillwalker.engines.cp2k import geometry_problem
+    except ImportError as exc:
+        report.unavailable.append(f"{path}: geometry check unavailable ({exc})")
+    else:
+        # the same test every single point gets: a CIF with doubled sites fails here, not in CP2K
+        min_distance = (campaign.safety if campaign else Safety()).min_distance
+        problem = geometry_problem(atoms, min_distance)
+        if problem:
+            report.problems.append(f"{path}: {problem} (safety.min_distance in campaign.yaml)")
     periodic = bool(np.all(atoms.pbc))
     cell = f", cell volume {atoms.get_volume():.1f} Å³" if periodic else ", no cell (vacuum)"
     report.structure_summary = (

@@ -196,6 +196,18 @@ def _unreadable_cif(c: Path) -> str:
     return r"structure\.cif: unreadable structure: no structure found"
 
 
+def _atoms_on_top_of_each_other(c: Path) -> str:
+    # a second Al 0.26 Å from the first: a doubled site, as badly symmetrised CIFs have
+    _edit(
+        c / "structure.cif",
+        "Al2    Al",
+        "Al1b   Al    0.04100   0.00120   0.00240   0.01267  Uiso   1.00\nAl2    Al",
+    )
+    return (
+        r"structure\.cif: atoms 0 \(Al\) and 1 \(Al\) are 0\.26\d Å apart \(< min_distance 0\.6 Å\)"
+    )
+
+
 def _missing_level(c: Path) -> str:
     _edit(c / "campaign.yaml", "level: levels/xtb.inp", "level: levels/xtb-tuned.inp")
     return r"levels/xtb-tuned\.inp: file not found"
@@ -292,6 +304,7 @@ MIL53_BREAKERS: dict[str, Breaker] = {
         _volume_under_nvt,
         _missing_structure,
         _unreadable_cif,
+        _atoms_on_top_of_each_other,
         _missing_level,
         _cp2k_syntax_error,
         _cp2k_md_instead_of_single_point,
