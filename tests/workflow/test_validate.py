@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -385,3 +387,28 @@ def test_a_failed_cv_does_not_cascade(tmp_path: Path) -> None:
     problems = [line for line in out.splitlines() if line.startswith("problem: ")]
     assert len(problems) == 1, out
     assert "plumed.dat: line 4: TORSION phi: atom 150 out of range" in problems[0]
+
+
+def test_console_script_exit_status_and_streams(tmp_path: Path) -> None:
+    # The installed `hillwalker` command, as a user runs it: problems on stderr, exit status 1.
+    campaign = _new(tmp_path, "alanine-dipeptide")
+    n = _append(campaign / "plumed.dat", "x: FOOBAR ARG=phi\n")
+    before = _snapshot(campaign)
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("hillwalker")), "validate", str(campaign)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert f"plumed.dat: line {n}: FOOBAR x: Action" in done.stderr
+    assert "CV phi" in done.stdout and "problem" not in done.stdout
+    assert _snapshot(campaign) == before
+
+
+def test_a_missing_campaign_directory(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["validate", str(tmp_path / "nowhere")])
+    assert result.exit_code != 0
+    assert f"{tmp_path / 'nowhere'}: not a directory" in result.output
+    assert list(tmp_path.iterdir()) == []
