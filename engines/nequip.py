@@ -419,7 +419,8 @@ def progress_callback(path: str) -> Any:
         def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
             # after the epoch's validation metrics are in callback_metrics and before the
             # ModelCheckpoints (Lightning runs those last) save this epoch, with this history
-            if trainer.sanity_checking or not trainer.training:
+            # (during fit, validation runs with stage "validate": ask for the fit itself)
+            if trainer.sanity_checking or trainer.state.fn != "fit":
                 return
             entry: dict[str, float] = {
                 "epoch": int(trainer.current_epoch) + 1,
