@@ -257,7 +257,7 @@ def _check_plumed(
         report.problems.append(f"{path}: file not found")
         return
     try:
-        from hillwalker.engines.plumed import PlumedInputError, clean_input, prepare_input
+        from hillwalker.engines.plumed import PlumedInputError, clean_input
     except ImportError as exc:
         report.unavailable.append(f"{path}: PLUMED input check unavailable ({exc})")
         return
@@ -271,44 +271,7 @@ def _check_plumed(
     actions = {name: action for name, action in (_label_and_action(line) for line in lines) if name}
 
     if campaign is not None:
-        # the walkers run this input rewritten for their bias mode: it must allow that
-        try:
-            with tempfile.TemporaryDirectory(prefix="hillwalker-validate-") as bias_dir:
-                prepare_input(
-                    lines,
-                    walker_id=0,
-                    n_walkers=campaign.walkers.count,
-                    bias_dir=bias_dir,
-                    mode=campaign.walkers.bias,
-                    source=str(path),
-                )
-        except PlumedInputError as exc:
-            report.problems.append(
-                f"{exc} (walkers.bias: {campaign.walkers.bias} in {root / CAMPAIGN_FILE})"
-            )
-    if campaign is not None:
-        for line, number in zip(lines, numbers, strict=True):
-            temp = _keyword(line, "TEMP")
-            if _label_and_action(line)[1] != "METAD" or temp is None:
-                continue
-            try:
-                mismatch = abs(float(temp) - campaign.walkers.temperature) > 1e-6
-            except ValueError:
-                continue  # not a number: the kernel reports it
-            if mismatch:
-                # well-tempered METAD scales its hills with this T; the walkers run at another
-                report.problems.append(
-                    f"{path}: line {number}: METAD TEMP={temp} K, but walkers.temperature is "
-                    f"{campaign.walkers.temperature:g} K in {root / CAMPAIGN_FILE} (make them "
-                    "equal, or drop TEMP: the walkers pass their temperature to PLUMED)"
-                )
-    if campaign is not None and campaign.walkers.ensemble == "nvt":
-        for line, number in zip(lines, numbers, strict=True):
-            if _label_and_action(line)[1] == "VOLUME":
-                report.problems.append(
-                    f"{path}: line {number}: VOLUME is constant in walkers.ensemble nvt "
-                    f"({root / CAMPAIGN_FILE}); use npt to bias the volume"
-                )
+        _check_plumed_for_campaign(path, lines, numbers, campaign, root / CAMPAIGN_FILE, report)
     if atoms is None:
         return  # the kernel needs the structure; its own problem is already reported
     temperature = campaign.walkers.temperature if campaign is not None else 300.0
@@ -321,6 +284,53 @@ def _check_plumed(
     report.problems.extend(problems)
     found = [CvValue(n, actions.get(n.split(".")[0], ""), v) for n, v in values]
     report.cv_values = [c for c in found if not c.is_bias or c.name.endswith(".bias")]
+
+
+def _check_plumed_for_campaign(
+    path: Path,
+    lines: list[str],
+    numbers: list[int | None],
+    campaign: Campaign,
+    campaign_file: Path,
+    report: ValidationReport,
+) -> None:
+    """What the walkers will do with this input: the bias mode, the temperature, the ensemble."""
+    from hillwalker.engines.plumed import PlumedInputError, prepare_input
+
+    # the walkers run this input rewritten for their bias mode: it must allow that
+    try:
+        with tempfile.TemporaryDirectory(prefix="hillwalker-validate-") as bias_dir:
+            prepare_input(
+                lines,
+                walker_id=0,
+                n_walkers=campaign.walkers.count,
+                bias_dir=bias_dir,
+                mode=campaign.walkers.bias,
+                source=str(path),
+            )
+    except PlumedInputError as exc:
+        report.problems.append(f"{exc} (walkers.bias: {campaign.walkers.bias} in {campaign_file})")
+    for line, number in zip(lines, numbers, strict=True):
+        action = _label_and_action(line)[1]
+        where = f"{path}: line {number}" if number else str(path)
+        temp = _keyword(line, "TEMP")
+        if action == "METAD" and temp is not None:
+            try:
+                mismatch = abs(float(temp) - campaign.walkers.temperature) > 1e-6
+            except ValueError:
+                mismatch = False  # not a number: the kernel reports it
+            if mismatch:
+                # well-tempered METAD scales its hills with this T; the walkers run at another
+                report.problems.append(
+                    f"{where}: METAD TEMP={temp} K, but walkers.temperature is "
+                    f"{campaign.walkers.temperature:g} K in {campaign_file} (make them equal, "
+                    "or drop TEMP: the walkers pass their temperature to PLUMED)"
+                )
+        if action == "VOLUME" and campaign.walkers.ensemble == "nvt":
+            report.problems.append(
+                f"{where}: VOLUME is constant in walkers.ensemble nvt ({campaign_file}); "
+                "use npt to bias the volume"
+            )
 
 
 def source_line_numbers(text: str, cleaned: list[str]) -> list[int | None]:
