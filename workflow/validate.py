@@ -159,11 +159,6 @@ def _check_cross(root: Path, campaign: Campaign, atoms: Atoms, report: Validatio
             f"{path}: walkers.ensemble: npt needs a periodic cell, and "
             f"{campaign.material.structure} has none (use nvt for a molecule in vacuum)"
         )
-    if not periodic and campaign.generation0.cell_strain > 0:
-        report.problems.append(
-            f"{path}: generation0.cell_strain: {campaign.generation0.cell_strain} but "
-            f"{campaign.material.structure} has no cell to strain (set 0)"
-        )
 
 
 # --- structure -------------------------------------------------------------------------------
