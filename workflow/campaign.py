@@ -247,6 +247,7 @@ class CampaignRun:
                     raise CampaignError(f"single point {i} could not run: {exc}") from exc
                 out[i] = fut.result()[0]
             self._count_labels(out)
+        self._count_labels(out)
         return dict(sorted(out.items()))
 
     def _count_labels(self, out: dict[int, Atoms]) -> None:
@@ -449,7 +450,17 @@ class CampaignRun:
                 "seconds": result["seconds"],
             },
         )
-        log.info("generation %d model: %s", g, result["metrics"])
+        metrics = result["metrics"]
+        log.info(
+            "generation %d model: validation force RMSE %s meV/Å, energy RMSE %s meV/atom, "
+            "stress RMSE %s GPa (%s train / %s validation frames)",
+            g,
+            _fmt(metrics.get("force_rmse_mev_per_ang")),
+            _fmt(metrics.get("energy_rmse_mev_per_atom")),
+            _fmt(metrics.get("stress_rmse_gpa")),
+            metrics.get("n_train"),
+            metrics.get("n_val"),
+        )
         self._write_timings(g)
         return Model(g, Path(result["package"]), Path(result["compiled"]), result["metrics"])
 
@@ -580,6 +591,10 @@ def check_changes(cdir: CampaignDir, cfg: Campaign, *, force: bool = False) -> l
                 )
     atomic_write_json(path, now)
     return notes
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, int | float) else "n/a"
 
 
 def _union(intervals: list[tuple[float, float]]) -> float:

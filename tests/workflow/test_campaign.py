@@ -28,7 +28,7 @@ TINY = {
     },
     "generation0": {"frames": 4, "position_sigma": 0.03, "cell_strain": 0.02},
     "walkers": {"count": 2, "ensemble": "npt", "temperature": 300.0, "timestep": 0.5,
-                "steps": 40, "bias": "shared"},
+                "steps": 60, "bias": "shared"},
     "training": {"mode": "warm", "epochs": 4, "warm_epochs": 2, "validation_fraction": 0.25,
                  "overrides": {"num_features": 8, "batch_size": 2}},
     "stop": {"generations": 2},
