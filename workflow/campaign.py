@@ -152,7 +152,7 @@ class CampaignRun:
                 label_futures[i] = self._label(
                     segments[i]["final_frame"], generation=g, index=i, walker=i
                 )
-            self._report(walkers_done=len(segments))
+            self._report(walkers_done=len(segments), walker_steps=self._walker_steps(g))
         self._report(walkers_done=len(segments), stage="labeling")
         labeled = self._wait_labels(label_futures)
         self._collect(g, labeled)
@@ -364,6 +364,22 @@ class CampaignRun:
         if g < 1 or not path.exists():
             return {}
         return json.loads(path.read_text())
+
+    def _walker_steps(self, g: int) -> dict[int, int]:
+        """The MD step each walker of generation g has reached (last line of its walker.log)."""
+        from hillwalker.engines.walkers import LOG_NAME
+
+        steps = {}
+        for i in range(self.cfg.walkers.count):
+            path = self.dir.generation(g) / "walkers" / f"w{i}" / LOG_NAME
+            try:
+                with path.open("rb") as handle:
+                    handle.seek(max(0, path.stat().st_size - 400))
+                    last = handle.read().decode(errors="replace").strip().splitlines()[-1]
+                steps[i] = int(last.split()[0])
+            except (OSError, IndexError, ValueError):
+                continue
+        return steps
 
     def _walker_settings(self) -> dict[str, Any]:
         w, s = self.cfg.walkers, self.cfg.safety

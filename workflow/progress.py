@@ -43,7 +43,10 @@ class LiveProgress:
     def line(self, p: Progress) -> str:
         parts = [f"generation {p.generation}", p.stage]
         if p.walkers_total:
-            parts.append(f"walkers {p.walkers_done}/{p.walkers_total}")
+            parts.append(f"walkers {p.walkers_done}/{p.walkers_total} done")
+            if p.stage == "exploring" and p.walker_steps:
+                steps = " ".join(f"w{i}:{n}" for i, n in sorted(p.walker_steps.items()))
+                parts.append(f"MD step {steps}")
         parts.append(f"single points {p.single_points_done} done, {p.single_points_failed} failed")
         if p.stage == "training" and p.max_epochs:
             parts.append(f"epoch {p.epoch or 0}/{p.max_epochs}")
