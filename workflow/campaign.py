@@ -28,7 +28,15 @@ from hillwalker import tasks
 from hillwalker.config import Campaign, load_campaign
 from hillwalker.dataset import read_frames, write_frames
 from hillwalker.files import atomic_write_json, atomic_write_text
-from hillwalker.state import DONE, FAILED, CampaignDir, file_digest, frame_digest, task_key
+from hillwalker.state import (
+    DONE,
+    FAILED,
+    CampaignDir,
+    file_digest,
+    frame_digest,
+    reap_orphans,
+    task_key,
+)
 
 log = logging.getLogger("hillwalker.campaign")
 
@@ -660,6 +668,11 @@ def run_campaign(
         handler = _file_log(cdir.log)
         try:
             log.info("run %s (site: %s)", root, getattr(site, "name", None) or "local")
+            if cdir.took_over_stale_lock:
+                reaped = reap_orphans(root)
+                log.warning(
+                    "took over the lock of a dead run; stopped %d leftover processes", len(reaped)
+                )
             for note in check_changes(cdir, cfg, force=force):
                 log.warning("%s", note)
             runner = CampaignRun(root, config=cfg, on_progress=on_progress)

@@ -79,6 +79,7 @@ class CampaignDir:
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
+        self.took_over_stale_lock = False
 
     # -- paths ---------------------------------------------------------------------------------
     @property
@@ -156,6 +157,7 @@ class CampaignDir:
                         f"(lock {path}); wait for it to finish or stop it first"
                     ) from None
                 path.unlink(missing_ok=True)  # stale: its process is gone
+                self.took_over_stale_lock = True
                 continue
             with os.fdopen(fd, "w") as handle:
                 json.dump(me, handle)
@@ -188,3 +190,62 @@ def _alive(holder: dict[str, Any]) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def reap_orphans(root: Path) -> list[int]:
+    """SIGKILL what a killed run of this campaign left behind; the killed pids.
+
+    A ``kill -9`` of ``hillwalker run`` leaves its Parsl interchange and worker pools (and their
+    CP2K, MD or training children) running until their heartbeats time out; a walker among them
+    would still hold its hills lock. They are found by their command line or open files naming
+    this campaign's Parsl directory, and killed with all their descendants. Only called after a
+    stale lock was taken over, i.e. when the run that started them is known to be dead.
+    """
+    parsl_dir = str(Path(root).resolve() / STATE_DIR / "parsl")
+    parents = _process_parents()
+    protected = set()
+    pid = os.getpid()
+    while pid > 1 and pid not in protected:  # never this process or its ancestors
+        protected.add(pid)
+        pid = parents.get(pid, 1)
+    roots = [p for p in parents if p not in protected and _mentions(p, parsl_dir)]
+    victims = set(roots)
+    changed = True
+    while changed:
+        changed = False
+        for child, parent in parents.items():
+            if parent in victims and child not in victims and child not in protected:
+                victims.add(child)
+                changed = True
+    for victim in sorted(victims):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(victim, 9)
+    return sorted(victims)
+
+
+def _process_parents() -> dict[int, int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may contain spaces and parentheses
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return parents
+
+
+def _mentions(pid: int, path: str) -> bool:
+    proc = Path("/proc") / str(pid)
+    try:
+        if path in (proc / "cmdline").read_bytes().decode(errors="replace"):
+            return True
+        for fd in (proc / "fd").iterdir():
+            with contextlib.suppress(OSError):
+                if str(fd.readlink()).startswith(path):
+                    return True
+    except OSError:
+        return False
+    return False
