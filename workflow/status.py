@@ -48,7 +48,21 @@ def campaign_status(directory: str | Path) -> dict[str, Any]:
     holder = _read_lock(cdir.state / "lock")
     running = bool(holder and _alive(holder))
     finished = run.get("stage") == "finished"
-    unfinished = {kind: _unfinished(cdir, kind) for kind in ("single_point", "walker", "train")}
+    walker_done = {(w.get("generation"), w.get("walker")) for w in walkers}
+    started_walkers = [
+        (int(d.parent.parent.name), int(d.name[1:]))
+        for d in cdir.root.glob("generations/*/walkers/w*")
+        if d.is_dir() and d.parent.parent.name.isdigit() and d.name[1:].isdigit()
+    ]
+    trained = {r["generation"] for r in models}
+    started_models = [
+        int(d.parent.name) for d in cdir.root.glob("generations/*/model") if d.parent.name.isdigit()
+    ]
+    unfinished = {
+        "single_point": _unfinished(cdir, "single_point"),
+        "walker": sum(key not in walker_done for key in started_walkers),
+        "train": sum(g not in trained for g in started_models),
+    }
     return {
         "directory": str(cdir.root),
         "generations_done": len(models),

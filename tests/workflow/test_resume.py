@@ -1,0 +1,236 @@
+"""kill -9 at every stage, run again: nothing finished is redone and nothing is lost.
+
+Real `hillwalker run` subprocesses (CP2K xTB, PLUMED, NequIP, Parsl HTEX) are SIGKILLed during
+generation-0 labeling, during a walker's MD, between generations and during training, then
+resumed. CP2K is launched through a wrapper script (the site profile's launch command, the one
+seam) that logs every call, so the CP2K runs of each resume are counted exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from hillwalker.dataset import labels, read_frames
+from hillwalker.engines.plumed import read_hills
+
+HILLWALKER = str(Path(sys.executable).parent / "hillwalker")
+
+# One walker: its shared bias is its own, so a re-run MD segment is reproducible frame for frame
+# (with several concurrent walkers, when a hill of one reaches another depends on timing).
+CONFIG = {
+    "name": "resume",
+    "material": {
+        "structure": "structure.cif",
+        "level": "levels/xtb.inp",
+        "plumed": "plumed.dat",
+        "nequip": "nequip.yaml",
+    },
+    "generation0": {"frames": 6, "position_sigma": 0.03, "cell_strain": 0.02},
+    "walkers": {
+        "count": 1,
+        "ensemble": "npt",
+        "temperature": 300.0,
+        "timestep": 0.5,
+        "steps": 400,
+        "bias": "shared",
+    },
+    "training": {
+        "mode": "warm",
+        "epochs": 4,
+        "warm_epochs": 3,
+        "validation_fraction": 0.25,
+        "overrides": {"num_features": 8, "batch_size": 2},
+    },
+    "stop": {"generations": 2},
+    "seed": 11,
+}
+
+
+def make(root: Path, calls: Path) -> tuple[Path, Path]:
+    with resources.as_file(resources.files("hillwalker.templates") / "mil53-al") as src:
+        shutil.copytree(src, root)
+    (root / "campaign.yaml").write_text(yaml.safe_dump(CONFIG))
+    wrapper = root.parent / f"{root.name}-cp2k"
+    wrapper.write_text(f'#!/bin/sh\necho "$PWD" >> {calls}\nexec cp2k.psmp "$@"\n')
+    wrapper.chmod(0o755)
+    site = root.parent / f"{root.name}-site.yaml"
+    site.write_text(
+        yaml.safe_dump(
+            {
+                "name": "local-counted",
+                "tasks": {
+                    "dft": {
+                        "provider": "local",
+                        "cp2k": {"command": [str(wrapper)], "omp_threads": 1},
+                    },
+                    "md": {"provider": "local"},
+                    "train": {"provider": "local"},
+                },
+            }
+        )
+    )
+    return site, calls
+
+
+def start(root: Path, site: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [HILLWALKER, "run", str(root), "--site", str(site)],
+        stdout=log.open("a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def records(root: Path, kind: str) -> dict[str, dict]:
+    folder = root / ".hillwalker/tasks" / kind
+    return (
+        {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+        if folder.is_dir()
+        else {}
+    )
+
+
+def called_keys(calls: Path) -> list[str]:
+    if not calls.exists():
+        return []
+    keys = []
+    for line in calls.read_text().splitlines():
+        parts = Path(line).parts
+        if "single_point" in parts:
+            keys.append(parts[parts.index("single_point") + 1])
+    return keys
+
+
+def kill_when(proc: subprocess.Popen, condition, what: str, timeout: float = 900) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"run ended (exit {proc.returncode}) before {what}")
+        if condition():
+            os.killpg(proc.pid, signal.SIGKILL)  # the run and its interchange; workers are orphaned
+            proc.wait()
+            return
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def walker_step(root: Path, g: int) -> int:
+    log = root / f"generations/{g:03d}/walkers/w0/walker.log"
+    try:
+        lines = log.read_text().strip().splitlines()
+        return int(lines[-1].split()[0]) - int(lines[0].split()[0])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def epoch(root: Path, g: int) -> int:
+    try:
+        return int(
+            json.loads((root / f"generations/{g:03d}/model/progress.json").read_text())["epoch"]
+            or 0
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def trained(root: Path, g: int) -> bool:
+    return any(
+        r["status"] == "done" and r.get("generation") == g for r in records(root, "train").values()
+    )
+
+
+@pytest.mark.slow
+def test_kill_at_every_stage_then_resume(tmp_path):
+    # the reference: the same campaign, never interrupted
+    ref = tmp_path / "ref"
+    site, ref_calls = make(ref, tmp_path / "ref-calls.txt")
+    out = subprocess.run(
+        [HILLWALKER, "run", str(ref), "--site", str(site)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+    root = tmp_path / "killed"
+    site, calls = make(root, tmp_path / "calls.txt")
+    log = tmp_path / "killed.log"
+
+    # 1. during generation-0 labeling, some single points done
+    proc = start(root, site, log)
+    kill_when(proc, lambda: 1 <= len(records(root, "single_point")) < 6, "gen-0 labeling")
+    done_at_kill = set(records(root, "single_point"))
+    calls_at_kill = len(called_keys(calls))
+    checkpoints = [(calls_at_kill, done_at_kill)]
+
+    # 2. during the walker's MD of generation 1
+    proc = start(root, site, log)
+    kill_when(proc, lambda: walker_step(root, 1) >= 100, "generation-1 MD")
+    gen0 = {k for k, r in records(root, "single_point").items() if r.get("generation") == 0}
+    redone = called_keys(calls)[calls_at_kill:]
+    # exactly the unfinished single points ran again, none of the finished ones
+    assert sorted(redone) == sorted(gen0 - done_at_kill)
+    hills_mid_md = len(read_hills(root / "bias"))
+    checkpoints.append((len(called_keys(calls)), set(records(root, "single_point"))))
+
+    # 3. between generations: as soon as model 1 is recorded
+    proc = start(root, site, log)
+    kill_when(proc, lambda: trained(root, 1), "the end of generation 1")
+    assert len(read_hills(root / "bias")) >= hills_mid_md
+    checkpoints.append((len(called_keys(calls)), set(records(root, "single_point"))))
+
+    # 4. during the training of generation 2
+    proc = start(root, site, log)
+    kill_when(proc, lambda: epoch(root, 2) >= 1, "generation-2 training")
+    checkpoints.append((len(called_keys(calls)), set(records(root, "single_point"))))
+
+    # 5. to the end
+    out = subprocess.run(
+        [HILLWALKER, "run", str(root), "--site", str(site)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr + log.read_text()
+
+    # after each kill, no finished single point ran again; in all, the same ones as uninterrupted
+    keys = called_keys(calls)
+    for offset, finished in checkpoints:
+        assert not set(keys[offset:]) & finished
+    assert set(keys) == set(called_keys(ref_calls)) == set(records(root, "single_point"))
+
+    # the dataset equals the uninterrupted run's, frame for frame
+    got, want = read_frames(root / "dataset.extxyz"), read_frames(ref / "dataset.extxyz")
+    assert len(got) == len(want) == 6 + 1 + 1 - len(read_frames(ref / "failed.extxyz"))
+    for a, b in zip(got, want, strict=True):
+        assert np.array_equal(a.positions, b.positions)
+        assert np.array_equal(a.cell.array, b.cell.array)
+        la, lb = labels(a), labels(b)
+        assert la["energy"] == lb["energy"]
+        assert np.array_equal(la["forces"], lb["forces"])
+
+    # the hills were not duplicated: same count and times as without the kills
+    h, h_ref = read_hills(root / "bias"), read_hills(ref / "bias")
+    assert len(h) == len(h_ref) > 0
+    assert np.array_equal(np.sort(h.times), np.sort(h_ref.times))
+    assert len(np.unique(h.times)) == len(h.times)
+
+    status = json.loads(
+        subprocess.run(
+            [HILLWALKER, "status", str(root), "--json"], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert status["state"] == "finished" and status["generations_done"] == 3
