@@ -384,13 +384,22 @@ def _references(line: str, labels: set[str]) -> bool:
 
 
 def _kernel_message(exc: BaseException) -> str:
-    """PLUMED's error without its C++ source location lines."""
-    lines = [ln.strip() for ln in str(exc).splitlines()]
-    kept = [ln for ln in lines if ln and not ln.startswith("(")]
-    message = " ".join(kept) or type(exc).__name__
-    message = re.sub(r"^ERROR in input to action\s+", "", message)
-    # "TORSION_SCALAR with label t : atom 99 out of range" -> "atom 99 out of range"
-    return re.sub(r"^\S+ with label \S+ : ", "", message)
+    """PLUMED's error without its C++ source location lines, with the errors it was raised from.
+
+    ``calc`` raises "An error happened while calculating metad" *from* the real reason ("Looking
+    for a value outside the grid…"): both are kept.
+    """
+    parts = []
+    current: BaseException | None = exc
+    while current is not None and len(parts) < 5:
+        lines = [ln.strip() for ln in str(current).splitlines()]
+        kept = [ln for ln in lines if ln and not ln.startswith("(")]
+        message = " ".join(kept) or type(current).__name__
+        message = re.sub(r"^ERROR in input to action\s+", "", message)
+        # "TORSION_SCALAR with label t : atom 99 out of range" -> "atom 99 out of range"
+        parts.append(re.sub(r"^\S+ with label \S+ : ", "", message))
+        current = current.__cause__ or current.__context__
+    return ": ".join(parts)
 
 
 def load_in_kernel(
@@ -452,10 +461,20 @@ def load_in_kernel(
                 kernel.cmd("readInputLine", f"PRINT ARG=* STRIDE=1 FILE={_VALUES_FILE}")
                 _one_step(kernel, atoms, periodic)
             except Exception as exc:
-                if not problems:
-                    problems.append(
-                        f"{source}: computing on the start structure failed: {_kernel_message(exc)}"
-                    )
+                message = _kernel_message(exc)
+                failing = re.search(r"while calculating ([^\s:]+)", message)
+                label = failing.group(1) if failing else ""
+                number = next(
+                    (
+                        n
+                        for line, n in zip(lines, numbers, strict=True)
+                        if _label_and_action(line)[0] == label
+                    ),
+                    None,
+                )
+                where = f"{source}: line {number}: {label}" if number else str(source)
+                if not problems or number:
+                    problems.append(f"{where}: fails on the start structure: {message}")
                 return problems, []
         finally:
             kernel.finalize()

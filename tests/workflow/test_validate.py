@@ -158,6 +158,15 @@ def _unclosed_plumed_block(c: Path) -> str:
     return rf"plumed\.dat, line {n}: the '\.\.\.' block opened here is never closed"
 
 
+def _grid_without_the_start_volume(c: Path) -> str:
+    # the start volume (0.473 nm³) lies below the grid: the first hill cannot be deposited
+    _edit(c / "plumed.dat", "GRID_MIN=0.200", "GRID_MIN=0.500")
+    return (
+        r"plumed\.dat: line 12: metad: fails on the start structure: An error happened while "
+        r"calculating metad: Looking for a value outside the grid .*\(arg name: v\)"
+    )
+
+
 def _no_metad_with_shared_bias(c: Path) -> str:
     (c / "plumed.dat").write_text("v: VOLUME\nPRINT ARG=v STRIDE=10 FILE=COLVAR\n")
     return r"plumed\.dat: bias mode 'shared' needs exactly one METAD action, found 0"
@@ -300,6 +309,7 @@ MIL53_BREAKERS: dict[str, Breaker] = {
         _bad_plumed_keyword,
         _unclosed_plumed_block,
         _no_metad_with_shared_bias,
+        _grid_without_the_start_volume,
         _malformed_campaign_yaml,
         _unknown_key,
         _negative_temperature,
