@@ -389,7 +389,7 @@ def _kernel_message(exc: BaseException) -> str:
     ``calc`` raises "An error happened while calculating metad" *from* the real reason ("Looking
     for a value outside the grid…"): both are kept.
     """
-    parts = []
+    parts: list[str] = []
     current: BaseException | None = exc
     while current is not None and len(parts) < 5:
         lines = [ln.strip() for ln in str(current).splitlines()]
