@@ -61,7 +61,7 @@ def test_templates_lists_the_shipped_materials_with_descriptions() -> None:
     assert "MIL-53(Al) breathing" in lines["mil53-al"]
     assert "alanine dipeptide in vacuum" in lines["alanine-dipeptide"]
     assert GENERIC not in lines  # the generic template is not a material
-    assert {t.name for t in shipped_templates()} == {"mil53-al", "alanine-dipeptide"}
+    assert {"mil53-al", "alanine-dipeptide"} <= {t.name for t in shipped_templates()}
 
 
 @pytest.mark.parametrize("name", ["mil53-al", "alanine-dipeptide"])
@@ -117,7 +117,8 @@ def test_new_fills_an_empty_directory(tmp_path: Path) -> None:
 def test_new_with_an_unknown_template_names_the_shipped_ones(tmp_path: Path) -> None:
     code, out = _cli("new", tmp_path / "campaign", "--template", "mil-53")
     assert code != 0
-    assert "--template mil-53: no such template; shipped: alanine-dipeptide, mil53-al" in out
+    assert "--template mil-53: no such template; shipped: " in out
+    assert "alanine-dipeptide" in out and "mil53-al" in out
     _nothing_left_in(tmp_path)
 
 
