@@ -12,6 +12,7 @@ result with ``status="failed"`` and a failure class, so one bad frame never stop
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
@@ -296,7 +297,9 @@ def single_point(
     start = time.perf_counter()
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
-    (work / RESULT_FILE).unlink(missing_ok=True)
+    # Files of an earlier run in this directory would be mistaken for this one's.
+    for stale in [work / RESULT_FILE, *work.glob("attempt-*")]:
+        stale.unlink(missing_ok=True)
     corrections: list[dict[str, Any]] = []
     cp2k_seconds = 0.0
 
@@ -483,6 +486,13 @@ def frame_input(atoms: Atoms, level: Level) -> dict[str, Any]:
                 str(level._data_file(n)) if (level.path.parent / n).is_file() else n for n in names
             ]
             dft[key] = resolved if isinstance(dft[key], list) else resolved[0]
+    # Wavefunction restart files (4 x ~100 KB per MIL-53 frame) are never read back: off,
+    # unless the level asks for them.
+    scf = dft.setdefault("+scf", {})
+    if isinstance(scf, dict):
+        scf_print = scf.setdefault("+print", {})
+        scf_print.setdefault("+restart", {"_": "OFF"})
+        scf_print.setdefault("+restart_history", {"_": "OFF"})
     prints = fe.setdefault("+print", {})
     prints["+forces"] = {"_": "ON"}
     if periodic:
@@ -650,17 +660,26 @@ def _run_cp2k(
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    # CP2K runs in its own session: signal the whole group (mpirun and all its ranks).
-    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+    """SIGTERM to CP2K's whole process group (mpirun and its ranks, or a wrapper and its
+    child), then SIGKILL to whatever of the group is left: the launcher may exit before the
+    program it started has stopped."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5.0)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
         try:
-            os.killpg(proc.pid, sig)
+            os.killpg(proc.pid, 0)  # anyone left in the group (zombies included)?
         except ProcessLookupError:
             break
-        try:
-            proc.wait(timeout=grace)
-            break
-        except subprocess.TimeoutExpired:
-            continue
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5.0)
 
 
 def _to_ase_units(out: Cp2kOutput, periodic: bool) -> tuple[float, np.ndarray, np.ndarray | None]:

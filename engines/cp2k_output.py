@@ -14,6 +14,7 @@ import numpy as np
 _ENERGY = re.compile(r"^\s*ENERGY\| Total FORCE_EVAL \( \w+ \) energy \[a\.u\.\]:\s+(\S+)", re.M)
 _SCF_CONVERGED = re.compile(r"\*\*\* SCF run converged in\s+(\d+) steps \*\*\*")
 _SCF_NOT_CONVERGED = re.compile(r"SCF run NOT converged")
+_OUTER_SCF = re.compile(r"outer SCF loop (converged|FAILED to converge)")
 _STRESS_ROW = re.compile(r"^\s*STRESS\|\s+([xyz])\s+(\S+)\s+(\S+)\s+(\S+)\s*$", re.M)
 _TIMING_CP2K = re.compile(r"^\s*CP2K\s+1\s+\S+\s+\S+\s+\S+\s+\S+\s+(\S+)\s*$", re.M)
 _ENDED = re.compile(r"PROGRAM ENDED AT")
@@ -45,6 +46,11 @@ def parse_output(text: str) -> Cp2kOutput:
         out.scf_converged = True
         out.scf_steps = int(steps[-1])
     out.scf_not_converged = bool(_SCF_NOT_CONVERGED.search(text))
+    outer = _OUTER_SCF.findall(text)
+    if outer:
+        # With an OUTER_SCF the outer loop decides; an inner loop may stop early on purpose.
+        out.scf_converged = outer[-1] == "converged"
+        out.scf_not_converged = out.scf_not_converged or not out.scf_converged
     if out.scf_not_converged:
         out.scf_converged = False
     out.forces_hartree_bohr = _parse_forces(text)
@@ -97,7 +103,7 @@ def _abort_lines(text: str) -> list[str]:
         top = next(i for i, line in enumerate(lines) if "[ABORT]" in line)
     except StopIteration:
         return []
-    message = []
+    message: list[str] = []
     for line in lines[top - 2 : top + 12]:
         if line.startswith(" ****") and message:
             break

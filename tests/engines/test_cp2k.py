@@ -92,6 +92,16 @@ def test_parse_scf_not_converged_output() -> None:
     assert out.energy_hartree is not None and out.forces_hartree_bohr is not None
 
 
+def test_parse_outer_scf_loop() -> None:
+    # With an OUTER_SCF (the PBE-D3 level) the outer loop's verdict counts.
+    ok = parse_output((SNIPPETS / "h2o_pbe_outer_scf_converged.out").read_text())
+    assert ok.scf_converged and not ok.scf_not_converged
+    assert ok.energy_hartree == pytest.approx(-17.220223130549975, abs=1e-12)
+    assert ok.stress_gpa is not None and ok.forces_hartree_bohr is not None
+    bad = parse_output((SNIPPETS / "h2o_pbe_outer_scf_failed.out").read_text())
+    assert not bad.scf_converged and bad.scf_not_converged
+
+
 def test_parse_abort_output() -> None:
     out = parse_output((SNIPPETS / "xtb_ot_abort.out").read_text())
     assert out.energy_hartree is None and out.forces_hartree_bohr is None
@@ -387,6 +397,9 @@ def test_timeout_kills_the_process_group(tmp_path: Path) -> None:
     assert_failed(result, "timeout")
     assert "timeout" in (result.message or "")
     child = int((tmp_path / "sp" / "child.pid").read_text())
+    deadline = time.monotonic() + 2.0  # a SIGKILL is delivered asynchronously
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not alive(child), f"CP2K (pid {child}) survived the timeout"
     frame = result.to_atoms(mil53_np_cif())
     assert frame.info["status"] == "failed" and frame.info["failure"] == "timeout"
