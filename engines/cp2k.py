@@ -759,14 +759,9 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def _kind_element(kind: dict[str, Any]) -> str:
-    element = kind.get("element") or kind.get("_", "")
-    # A kind called "O1" or "H_water" stands for its element unless ELEMENT says otherwise.
-    name = str(element)
-    letters = "".join(ch for ch in name.split("_")[0] if ch.isalpha())
-    for n in (2, 1):
-        if letters[:n].capitalize() in chemical_symbols and len(letters) >= n:
-            return letters[:n].lower()
-    return name.lower()
+    # Coordinates are written with element symbols as kind labels, so only a KIND named after
+    # its element (case-insensitive) is used for it; "O1" or "H_water" would match no atom.
+    return str(kind.get("_", "")).lower()
 
 
 def _basis_names(kind: dict[str, Any]) -> list[str]:

@@ -463,3 +463,11 @@ def test_isolated_atom_energies_are_computed_once(tmp_path: Path) -> None:
     stamp = cache.stat().st_mtime_ns
     assert isolated_atom_energies(level, ["H"], tmp_path) == {"H": energies["H"]}
     assert cache.stat().st_mtime_ns == stamp  # nothing recomputed
+
+
+def test_kind_must_be_named_after_its_element(tmp_path: Path) -> None:
+    # Atoms are labeled with their element symbol in &COORD: a KIND "O1" matches no atom.
+    renamed = tmp_path / "renamed.inp"
+    renamed.write_text(PBE_D3.read_text().replace("&KIND O\n", "&KIND O1\n"))
+    with pytest.raises(LevelError, match=r"renamed\.inp: FORCE_EVAL/SUBSYS/KIND: .*element O"):
+        Level.from_file(renamed).check_elements(["O", "H"])
