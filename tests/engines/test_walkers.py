@@ -297,3 +297,61 @@ def test_molecule_in_vacuum_gets_no_periodic_box(tmp_path: Path) -> None:
     assert segment.hills == [] and not (tmp_path / "bias").exists()
     np.testing.assert_allclose(segment.final.cell.lengths(), [10.0, 10.0, 10.0])
     assert "METAD" not in (tmp_path / "w" / "plumed.dat").read_text()
+
+
+# ------------------------------------------------------------------------- NPT, MIL-53
+
+DATA = Path(__file__).parents[1] / "data"
+TEMPLATE = Path(__file__).parents[2] / "templates" / "mil53-al" / "plumed.dat"
+
+
+def write_volume_ramp(path: Path) -> None:
+    """Well-tempered hills (γ = 50, as in the template) piled up on the narrow-pore side.
+
+    Heights fall linearly from 0.30 to 0.40 nm³, so the bias slopes down towards larger volumes
+    around the np cell (0.365 nm³): a push towards the large pore, as a filled np basin gives.
+    """
+    centres = np.arange(0.300, 0.400, 0.005)
+    heights = 300.0 * (0.400 - centres)  # kJ/mol
+    lines = ["#! FIELDS time v sigma_v height biasf", "#! SET multivariate false"]
+    lines += [
+        f"{0.001 * i:.3f} {c:.4f} 0.01 {h * 50 / 49:.10f} 50"
+        for i, (c, h) in enumerate(zip(centres, heights, strict=True))
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.slow
+def test_volume_bias_moves_the_mil53_cell_in_npt(tmp_path: Path, mil53_model) -> None:
+    """Same start, seed and settings; with the bias the cell grows more than without it."""
+    from hillwalker.engines.walkers import run_segment_from_model
+
+    start = read(DATA / "mil53_np_relaxed_xtb.extxyz")
+    start.calc = None
+    bias = tmp_path / "bias"
+    bias.mkdir()
+    write_volume_ramp(bias / "HILLS.0")
+    ramp = read_hills(bias / "HILLS.0")
+    v0 = start.get_volume() / 1000  # nm³
+    slope = (bias_from_hills(ramp, v0 + 0.001) - bias_from_hills(ramp, v0 - 0.001))[0] / 0.002
+    assert slope < -5.0  # eV/nm³: the bias pushes towards larger volumes
+
+    settings = WalkerSettings(
+        ensemble="npt", temperature=300.0, pressure=0.0, timestep_fs=1.0, steps=200,
+        thermostat_time_fs=50.0, barostat_time_fs=100.0, cv_stride=5,
+    )  # fmt: skip
+    runs = {}
+    for mode in ("shared", "none"):
+        runs[mode] = run_segment_from_model(
+            mil53_model.compiled, start, TEMPLATE, tmp_path / mode, walker=0, generation=1,
+            n_walkers=1, bias_dir=bias, bias=mode, settings=settings, seed=7, device="cpu",
+        )  # fmt: skip
+        assert runs[mode].status == "ok", runs[mode].events
+    biased, unbiased = (colvar(runs[m].colvar)[:, 1] for m in ("shared", "none"))
+    assert biased[0] == pytest.approx(v0, abs=1e-6) == unbiased[0]  # COLVAR: %f
+    assert runs["shared"].bias_start == pytest.approx(bias_from_hills(ramp, v0)[0], abs=1e-3)
+    # the second half of each 200 fs run, in Å³
+    late_biased, late_unbiased = 1000 * biased[20:].mean(), 1000 * unbiased[20:].mean()
+    assert late_biased > late_unbiased + 5.0, (late_biased, late_unbiased)
+    assert runs["shared"].final.get_volume() > runs["none"].final.get_volume()
+    assert runs["shared"].final.info["model"] == str(mil53_model.compiled)
