@@ -497,8 +497,12 @@ def _run_md(
     step = start_step
     reason: str | None = None
     bias_start = math.nan
+    evaluated = False
+    start_state = _state_copy(atoms, None, {})
+    start_state.info["step"] = start_step
     try:
         for done, _ in enumerate(dyn.irun(settings.steps)):
+            evaluated = True
             step = start_step + done
             if done == 0:
                 bias_start = _bias_energy(biased)
@@ -515,7 +519,8 @@ def _run_md(
             if trajectory is not None and done % settings.trajectory_stride == 0:
                 trajectory.write(atoms)
     except Exception as exc:  # the integrator or the model blew up: a walker event, not a crash
-        step = start_step + dyn.nsteps + 1
+        # the step being made when it failed (the start itself if it failed before any step)
+        step = start_step + dyn.nsteps + (1 if evaluated else 0)
         reason = f"{type(exc).__name__}: {exc}"
     if reason is None:
         assert safe is not None  # the last step always runs the full check
@@ -526,14 +531,14 @@ def _run_md(
         safe.info = dict(last_safe.info)
         event["reset_to"] = "last_safe"
     elif safe is None:
-        safe = atoms.copy()
-        event["reset_to"] = "none"
+        # not even the start passed the checks, and no earlier safe state was given
+        safe = start_state
+        event["reset_to"] = "start"
     else:
         event["reset_to_step"] = int(safe.info.get("step", start_step))
-    if event.get("reset_to") != "none":
-        # the safe state's own momenta may already lead back into the blow-up
-        thermalize_momenta(safe, temperature_K=settings.temperature, rng=rng)
-        Stationary(safe)
+    # the safe state's own momenta may already lead back into the blow-up
+    thermalize_momenta(safe, temperature_K=settings.temperature, rng=rng)
+    Stationary(safe)
     log.write(f"# blow-up at step {step}: {reason}\n")
     return _Run("blown_up", step, safe, [event], bias_start)
 
@@ -573,7 +578,7 @@ def _check_distances(atoms: Atoms, min_distance: float) -> str | None:
     return None
 
 
-def _state_copy(atoms: Atoms, biased: Plumed, cv_memory: dict[str, np.ndarray]) -> Atoms:
+def _state_copy(atoms: Atoms, biased: Plumed | None, cv_memory: dict[str, np.ndarray]) -> Atoms:
     copy = Atoms(
         atoms.numbers.copy(),
         positions=atoms.positions.copy(),
@@ -581,11 +586,12 @@ def _state_copy(atoms: Atoms, biased: Plumed, cv_memory: dict[str, np.ndarray]) 
         pbc=atoms.pbc.copy(),
     )
     copy.set_momenta(atoms.get_momenta())
-    copy.info = {
-        "step": int(biased.istep) - 1,
-        "cv": {name: float(value[0]) for name, value in cv_memory.items()},
-        "bias": _bias_energy(biased),
-    }
+    if biased is not None:
+        copy.info = {
+            "step": int(biased.istep) - 1,
+            "cv": {name: float(value[0]) for name, value in cv_memory.items()},
+            "bias": _bias_energy(biased),
+        }
     return copy
 
 

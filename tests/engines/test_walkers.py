@@ -265,6 +265,31 @@ def test_blow_up_goes_back_to_the_last_safe_state(tmp_path: Path) -> None:
     assert "blow-up at step" in segment.log.read_text()
 
 
+def test_a_start_that_fails_the_checks_goes_to_last_safe(tmp_path: Path) -> None:
+    crushed = trimer()
+    crushed.positions[1] = [0.4, 0.0, 0.0]  # 0.4 Å: enormous LJ forces at the first evaluation
+    crushed.info["step"] = 500
+    safe = trimer()
+    settings = WalkerSettings(temperature=60.0, timestep_fs=5.0, steps=50)
+    kwargs = {"walker": 0, "generation": 2, "n_walkers": 1, "settings": settings, "seed": 1}
+    segment = run_segment(
+        crushed, PausingLJ(), PLUMED_INPUT, tmp_path / "a", bias_dir=tmp_path / "bias",
+        last_safe=safe, **kwargs,
+    )  # fmt: skip
+    assert segment.status == "blown_up" and segment.steps_done == 0
+    assert segment.events[0]["reset_to"] == "last_safe"
+    assert "max_force" in segment.events[0]["reason"]
+    np.testing.assert_allclose(segment.final.positions, safe.positions)
+    assert segment.final.info["step"] == 500  # the counter never goes back
+    assert count_hills(tmp_path / "bias") == 0
+    # without a last safe state the walker stays at its start (and says so)
+    alone = run_segment(
+        crushed, PausingLJ(), PLUMED_INPUT, tmp_path / "b", bias_dir=tmp_path / "bias", **kwargs
+    )
+    assert alone.events[0]["reset_to"] == "start"
+    np.testing.assert_allclose(alone.final.positions, crushed.positions)
+
+
 def test_a_plumed_error_during_md_is_a_blow_up(tmp_path: Path) -> None:
     # the CV leaves METAD's grid: the kernel throws inside the force call
     text = PLUMED_INPUT.replace("PACE=5", "PACE=5 GRID_MIN=0.36 GRID_MAX=0.40 GRID_BIN=40")
