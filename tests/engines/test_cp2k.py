@@ -471,3 +471,20 @@ def test_kind_must_be_named_after_its_element(tmp_path: Path) -> None:
     renamed.write_text(PBE_D3.read_text().replace("&KIND O\n", "&KIND O1\n"))
     with pytest.raises(LevelError, match=r"renamed\.inp: FORCE_EVAL/SUBSYS/KIND: .*element O"):
         Level.from_file(renamed).check_elements(["O", "H"])
+
+
+@pytest.mark.slow
+def test_pbe_d3_level_runs_with_stress(tmp_path: Path) -> None:
+    """The MOF PBE-D3(BJ) template level, for real, on a small periodic water cell (~15 s)."""
+    water = molecule("H2O")
+    water.cell = [[5.5, 0.0, 0.0], [0.3, 5.2, 0.0], [0.2, 0.1, 5.4]]
+    water.pbc = True
+    water.positions += 2.5
+    result = single_point(water, Level.from_file(PBE_D3), tmp_path / "sp")
+    assert result.status == "done", result.message
+    assert result.corrections == []  # OT/DIIS converges for a closed-shell molecule
+    assert result.stress is not None and result.forces is not None
+    assert np.all(np.isfinite(result.stress)) and result.forces.shape == (3, 3)
+    output = (tmp_path / "sp" / "attempt-1.out").read_text()
+    assert "Dispersion energy:" in output  # D3(BJ) found its parameter file and ran
+    assert "GLOBAL| Basis set file name                                        BASIS_MOLOPT" in output
