@@ -66,6 +66,7 @@ RESULT_FILE = "result.json"
 # Solvers that can treat a cell without periodic images; anything else is replaced by MT for a
 # frame without periodicity (PERIODIC would silently add images).
 _NONPERIODIC_SOLVERS = {"mt", "wavelet", "analytic", "multipole", "implicit"}
+_ISOLATED_ONLY_SOLVERS = {"mt", "analytic", "multipole"}
 # Vacuum around a molecule on each side (Å): MT needs a box about twice the density's extent.
 _MOLECULE_PADDING = 5.0
 
@@ -474,8 +475,11 @@ def frame_input(atoms: Atoms, level: Level) -> dict[str, Any]:
     dft = fe.setdefault("+dft", {})
     poisson = dft.setdefault("+poisson", {})
     poisson["periodic"] = period
+    solver = str(poisson.get("poisson_solver", "periodic")).lower()
+    if periodic and solver in _ISOLATED_ONLY_SOLVERS:
+        poisson["poisson_solver"] = "periodic"  # these cannot treat a 3-D periodic cell
     if not periodic:
-        if str(poisson.get("poisson_solver", "periodic")).lower() not in _NONPERIODIC_SOLVERS:
+        if solver not in _NONPERIODIC_SOLVERS:
             poisson["poisson_solver"] = "mt"
         if level.is_xtb:
             set_path(fe, "DFT/QS/XTB/DO_EWALD", False)

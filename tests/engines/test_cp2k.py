@@ -219,6 +219,21 @@ def test_frame_input_puts_cell_coordinates_and_periodicity() -> None:
     assert np.all(pos > 4.0) and np.all(pos < np.diag(box) - 4.0)  # centred, vacuum around
 
 
+def test_poisson_solver_follows_the_frame(tmp_path: Path) -> None:
+    # A level written for molecules (MT) used on a crystal: the cell's periodicity wins.
+    (tmp_path / "mt.inp").write_text(
+        XTB.read_text().replace("POISSON_SOLVER PERIODIC", "POISSON_SOLVER MT")
+    )
+    fe = frame_input(mil53_np_cif(), Level.from_file(tmp_path / "mt.inp"))["+force_eval"][0]
+    assert fe["+dft"]["+poisson"] == {"periodic": "xyz", "poisson_solver": "periodic"}
+    # A wavelet solver stays for a molecule: the level chose a non-periodic solver itself.
+    (tmp_path / "wavelet.inp").write_text(
+        XTB.read_text().replace("POISSON_SOLVER PERIODIC", "POISSON_SOLVER WAVELET")
+    )
+    fe = frame_input(molecule("H2O"), Level.from_file(tmp_path / "wavelet.inp"))["+force_eval"][0]
+    assert fe["+dft"]["+poisson"] == {"periodic": "none", "poisson_solver": "wavelet"}
+
+
 def test_ladder_edits_are_data() -> None:
     level = Level.from_file(XTB)
     tree = frame_input(mil53_np_cif(), level)
@@ -487,4 +502,6 @@ def test_pbe_d3_level_runs_with_stress(tmp_path: Path) -> None:
     assert np.all(np.isfinite(result.stress)) and result.forces.shape == (3, 3)
     output = (tmp_path / "sp" / "attempt-1.out").read_text()
     assert "Dispersion energy:" in output  # D3(BJ) found its parameter file and ran
-    assert "GLOBAL| Basis set file name                                        BASIS_MOLOPT" in output
+    assert (
+        "GLOBAL| Basis set file name                                        BASIS_MOLOPT" in output
+    )
