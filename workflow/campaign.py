@@ -538,11 +538,9 @@ class CampaignRun:
 
     # ---- helpers -----------------------------------------------------------------------------
     def start_structure(self) -> Atoms:
-        import ase.io
+        from hillwalker.validate import read_structure
 
-        path = self.dir.root / self.cfg.material.structure
-        atoms = ase.io.read(path)
-        return atoms[-1] if isinstance(atoms, list) else atoms
+        return read_structure(self.dir.root / self.cfg.material.structure)
 
     def _start_structure_file(self) -> Path:
         path = self.dir.state / "start.extxyz"
@@ -663,6 +661,7 @@ def run_campaign(
     if smoke:
         root = _smoke_dir(root, cfg)
         cfg = load_campaign(root)
+    preflight(root)
     cdir = CampaignDir(root)
     with cdir.locked():
         handler = _file_log(cdir.log)
@@ -684,6 +683,18 @@ def run_campaign(
         finally:
             logging.getLogger("hillwalker").removeHandler(handler)
             handler.close()
+
+
+def preflight(root: Path) -> None:
+    """`hillwalker validate` before anything runs: every mistake at once, nothing submitted."""
+    from hillwalker.config import ConfigError
+    from hillwalker.validate import validate_campaign
+
+    report = validate_campaign(root)
+    if not report.ok:
+        raise ConfigError(
+            ["campaign not valid (run 'hillwalker validate' for details):", *report.problems]
+        )
 
 
 def _smoke_dir(root: Path, cfg: Campaign) -> Path:
