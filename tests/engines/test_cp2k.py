@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import stat
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -419,6 +421,51 @@ def test_timeout_kills_the_process_group(tmp_path: Path) -> None:
     frame = result.to_atoms(mil53_np_cif())
     assert frame.info["status"] == "failed" and frame.info["failure"] == "timeout"
     assert frame.calc is None
+
+
+def processes_in(directory: Path) -> list[str]:
+    """Live processes whose working directory is ``directory`` (CP2K runs in its workdir)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            here = proc.name.isdigit() and os.readlink(proc / "cwd") == str(directory)
+            if here and alive(int(proc.name)):
+                found.append(f"{proc.name} {(proc / 'comm').read_text().strip()}")
+        except OSError:
+            continue
+    return found
+
+
+def test_timeout_stops_mpirun_and_all_its_ranks(tmp_path: Path) -> None:
+    text = XTB.read_text().replace("MAX_SCF 400", "MAX_SCF 100000")
+    (tmp_path / "slow.inp").write_text(text.replace("EPS_SCF 1.0E-6", "EPS_SCF 1.0E-30"))
+    mpirun = ["mpirun", "--oversubscribe", "-np", "2", "cp2k.psmp"]
+    if os.geteuid() == 0:
+        mpirun.insert(1, "--allow-run-as-root")
+    work = tmp_path / "sp"
+    seen: set[str] = set()
+    running = threading.Event()
+    running.set()
+
+    def watch() -> None:  # proves the check below can see CP2K's processes at all
+        while running.is_set():
+            seen.update(p.split()[1] for p in processes_in(work.resolve()))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    level = Level.from_file(tmp_path / "slow.inp")
+    try:
+        result = single_point(mil53_np_cif(), level, work, command=mpirun, timeout=4.0)
+    finally:
+        running.clear()
+        watcher.join()
+    assert {"mpirun", "cp2k.psmp"} <= seen
+    assert_failed(result, "timeout")
+    deadline = time.monotonic() + 2.0
+    while processes_in(work.resolve()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes_in(work.resolve()) == []
 
 
 def test_crashing_launcher(tmp_path: Path) -> None:
