@@ -239,6 +239,7 @@ class SinglePointResult:
     workdir: Path
     message: str | None = None  # why it failed, in a line
     scf_steps: int | None = None
+    process_seconds: float = 0.0  # CP2K processes from start to exit (includes MPI start-up)
 
     def to_atoms(self, atoms: Atoms, **provenance: Any) -> Atoms:
         """A labeled copy of ``atoms`` (failed: an unlabeled copy) with status, failure and
@@ -273,6 +274,7 @@ class SinglePointResult:
             "attempts": self.attempts,
             "scf_steps": self.scf_steps,
             "cp2k_seconds": self.cp2k_seconds,
+            "process_seconds": self.process_seconds,
             "wall_seconds": self.wall_seconds,
         }
 
@@ -303,11 +305,13 @@ def single_point(
         stale.unlink(missing_ok=True)
     corrections: list[dict[str, Any]] = []
     cp2k_seconds = 0.0
+    process_seconds = 0.0
 
     def finish(result_kwargs: dict[str, Any]) -> SinglePointResult:
         result = SinglePointResult(
             corrections=corrections,
             cp2k_seconds=cp2k_seconds,
+            process_seconds=process_seconds,
             wall_seconds=time.perf_counter() - start,
             workdir=work,
             **result_kwargs,
@@ -350,6 +354,7 @@ def single_point(
             )
         run = _run_cp2k(tree, work, f"attempt-{attempt}", command, omp_threads, remaining)
         cp2k_seconds += run.output.cp2k_seconds or 0.0
+        process_seconds += run.seconds
         if run.timed_out:
             return failed(
                 "timeout",
@@ -618,6 +623,7 @@ class _Run:
     output: Cp2kOutput
     output_name: str
     stderr_tail: str
+    seconds: float = 0.0
 
 
 def _run_cp2k(
@@ -638,6 +644,7 @@ def _run_cp2k(
     argv = [*command, "-i", inp, "-o", out]
     timed_out = False
     with (work / f"{stem}.stdout").open("wb") as log:
+        started = time.perf_counter()
         try:
             proc = subprocess.Popen(
                 argv,
@@ -657,10 +664,11 @@ def _run_cp2k(
         except BaseException:
             _kill_group(proc)  # interrupted (Ctrl-C, task cancelled): leave no CP2K behind
             raise
+        seconds = time.perf_counter() - started
     text = (work / out).read_text(errors="replace") if (work / out).is_file() else ""
     stdout = (work / f"{stem}.stdout").read_text(errors="replace")
     tail = " | ".join(line.strip() for line in stdout.strip().splitlines()[-3:])
-    return _Run(proc.returncode, timed_out, parse_output(text), out, tail)
+    return _Run(proc.returncode, timed_out, parse_output(text), out, tail, seconds)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
