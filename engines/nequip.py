@@ -250,7 +250,10 @@ def train(
             elif stale.exists():
                 stale.unlink()
     atomic_write_json(out_dir / "inputs.json", {"fingerprint": fingerprint, "overrides": overrides})
-    _write_progress(out_dir, stage="training", max_epochs=settings.epochs)
+    # a resumed run keeps its history (the callback also restores it from last.ckpt; this
+    # covers a run killed after its last epoch, which trains no further epoch)
+    earlier = _read_json(out_dir / PROGRESS_NAME).get("history", []) if resume else []
+    _write_progress(out_dir, stage="training", max_epochs=settings.epochs, history=earlier)
 
     command = [
         _tool("nequip-train"),

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,25 +176,51 @@ def test_train_bad_inputs_fail_with_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_command_writes_a_model(mil53_frames_path, tmp_path):
+def test_train_command_killed_and_rerun_resumes(mil53_frames_path, tmp_path, monkeypatch):
+    """A killed ``hillwalker train``, run again with the same arguments, resumes from last.ckpt."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # nequip-train inherits it
     frames = tmp_path / "frames.extxyz"
     write_frames(frames, read_frames(mil53_frames_path)[::8])  # 6 frames across np -> lp
     config = tmp_path / "small.yaml"
     template = (mil53_frames_path.parents[2] / "templates/mil53-al/nequip.yaml").read_text()
-    config.write_text(template.replace("num_features: 32", "num_features: 8"))
-    out = tmp_path / "model"
-    result = runner.invoke(
-        app,
-        [
-            *("train", str(frames), "-o", str(out), "--config", str(config)),
-            *("--epochs", "2", "--device", "cpu", "--no-compile"),
-        ],
+    config.write_text(
+        template.replace("num_features: 32", "num_features: 8").replace(
+            "num_layers: 2", "num_layers: 1"
+        )
     )
+    out = tmp_path / "model"
+    args = [
+        *("train", str(frames), "-o", str(out), "--config", str(config)),
+        *("--epochs", "12", "--device", "cpu", "--no-compile"),
+    ]
+    # the real console script, in its own session so that the kill takes nequip-train with it
+    command = [str(Path(sys.executable).parent / "hillwalker"), *args]
+    job = subprocess.Popen(command, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        progress = out / "progress.json"
+        while time.time() < deadline:
+            if progress.is_file() and json.loads(progress.read_text())["epoch"] >= 2:
+                break
+            assert job.poll() is None, "training ended before it could be killed"
+            time.sleep(0.2)
+        else:
+            pytest.fail("training did not reach epoch 2")
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    assert not (out / "model.json").exists()
+    assert (out / "train" / "last.ckpt").is_file()
+
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert "Continuing training with checkpoint" in (out / "train.log").read_text()
     record = json.loads((out / "model.json").read_text())
-    assert record["metrics"]["n_train"] + record["metrics"]["n_val"] == 6
-    assert record["metrics"]["epochs_run"] == 2
-    assert record["metrics"]["config"]["settings"]["num_features"] == 8
+    metrics = record["metrics"]
+    assert metrics["resumed"] is True
+    assert [h["epoch"] for h in metrics["history"]] == list(range(1, 13))
+    assert metrics["n_train"] + metrics["n_val"] == 6
+    assert metrics["config"]["settings"]["num_features"] == 8
     assert record["compiled"] is None
     assert "validation force RMSE" in result.stdout
     evaluated = runner.invoke(app, ["evaluate", str(out), str(frames), "--json"])
