@@ -211,3 +211,73 @@ def test_an_exception_leaves_no_slurm_block(slurm_cluster, tmp_path: Path) -> No
         raise RuntimeError("walker blew up")
     assert slurm_cluster.jobs()[live[0]] in {"CANCELLED", "COMPLETED", "COMPLETING"}
     assert slurm_cluster.run("squeue", "-h", "-t", "PD,R", "-o", "%i").split() == []
+
+
+def test_a_campaign_runs_on_slurm_and_survives_a_cancelled_block(
+    slurm_cluster, tmp_path: Path
+) -> None:
+    """`hillwalker run --site` on the cluster: every task kind in SLURM jobs; the dft block is
+    scancel'd while CP2K labels, and the campaign completes without a lost or doubled label."""
+    import json
+    import sys
+
+    import psutil
+    import yaml
+    from test_campaign import make_campaign
+
+    from hillwalker.dataset import read_frames
+
+    # generation 0 (4 frames labeled, a model) and one walker generation (2 walkers, 20 steps)
+    root = make_campaign(tmp_path / "camp", stop={"generations": 1}, walkers={"steps": 20})
+    site = {
+        "name": "test-cluster",
+        "retries": 2,
+        "heartbeat_threshold": 4,
+        "status_poll_seconds": 2,
+        "tasks": {
+            "md": slurm_task(slurm_cluster, cores_per_node=2),
+            "dft": slurm_task(slurm_cluster, cp2k={"command": ["cp2k.psmp"]}),
+            "train": slurm_task(slurm_cluster, cores_per_node=2, cores_per_task=2),
+        },
+    }
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump(site))
+    hillwalker = str(Path(sys.executable).parent / "hillwalker")
+    with (tmp_path / "run.out").open("w") as out:
+        run = subprocess.Popen(
+            [hillwalker, "run", str(root), "--site", str(tmp_path / "site.yaml")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    cancelled = None
+    try:
+        deadline = time.monotonic() + 300
+        while cancelled is None and run.poll() is None and time.monotonic() < deadline:
+            # the first CP2K running inside a dft block: cancel that block under it
+            dft_jobs = [r["job_id"] for r in read_blocks(root) if r["kind"] == "dft"]
+            cp2k = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "cp2k.psmp"]
+            if dft_jobs and cp2k:
+                cancelled = dft_jobs[0]
+                slurm_cluster.run("scancel", cancelled)
+            time.sleep(0.2)
+        assert run.wait(timeout=600) == 0, (tmp_path / "run.out").read_text()[-3000:]
+    finally:
+        if run.poll() is None:
+            run.send_signal(2)
+            run.wait(timeout=60)
+    assert cancelled is not None, "no CP2K was seen running in a dft block"
+    assert slurm_cluster.jobs()[cancelled] == "CANCELLED"
+    blocks = read_blocks(root)
+    # no local executor exists when all kinds are slurm: every task ran in these jobs
+    assert {row["kind"] for row in blocks} == {"md", "dft", "train"}
+    assert sum(row["kind"] == "dft" for row in blocks) >= 2  # the cancelled one was replaced
+    status = json.loads(
+        subprocess.run(
+            [hillwalker, "status", str(root), "--json"], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert status["generations_done"] == 2
+    frames = read_frames(root / "dataset.extxyz")
+    expected = 4 + 2 - status["single_points"]["failed"]  # generation 0 + one frame per walker
+    assert len(frames) == expected
+    positions = {f.positions.round(6).tobytes() for f in frames}
+    assert len(positions) == len(frames), "a frame was labeled twice"
