@@ -633,7 +633,7 @@ def _union(intervals: list[tuple[float, float]]) -> float:
 def smoke_config(cfg: Campaign) -> Campaign:
     """One generation with tiny settings: checks the whole path in minutes."""
     data = cfg.model_dump()
-    data["generation0"].update(frames=min(cfg.generation0.frames, 6))
+    data["generation0"].update(frames=min(cfg.generation0.frames, 4))
     data["walkers"].update(count=min(cfg.walkers.count, 2), steps=min(cfg.walkers.steps, 20))
     data["training"].update(epochs=min(cfg.training.epochs, 5), warm_epochs=None)
     data["stop"].update(generations=1, max_single_points=None, target_force_rmse=None)
