@@ -16,7 +16,10 @@ Hills layout
 ------------
 A campaign's live bias is one directory holding ``HILLS.<walker>`` for every walker, in PLUMED's
 multiple-walkers layout (``WALKERS_DIR``): in ``shared`` mode every walker reads every file, in
-``independent`` mode walker *i* reads and writes ``HILLS.<i>`` only. Each file is written by one
+``independent`` mode walker *i* reads and writes ``HILLS.<i>`` only (so does a single shared
+walker: with ``WALKERS_N=1`` PLUMED would ignore ``WALKERS_DIR`` and write ``FILE`` relative to the
+process's working directory). PLUMED 2.11 refuses to restart multiple walkers while any
+walker's file is missing, hence :func:`init_bias_dir`. Each file is written by one
 walker only, which is what makes a killed segment repairable (see
 :mod:`hillwalker.engines.walkers`).
 

@@ -39,7 +39,9 @@ Safety
     exception from the calculator or integrator (e.g. numpy ``LinAlgError`` in MTKNPT) is a
     blow-up too. On a blow-up the segment stops, the walker goes back to the last safe state
     (positions and cell; momenta re-drawn at the temperature, the step counter kept going) and
-    the event is recorded with the step and reason.
+    the event is recorded with the step and reason. If not even the start passes, the walker
+    goes to ``last_safe`` (given by the caller, e.g. the previous generation's state), else stays
+    at its start. Hills deposited before the blow-up stay in the bias.
 
 Units: ASE's inside (Å, eV, eV/Å³, ASE time); ``temperature`` K, ``pressure`` GPa (converted to
 eV/Å³ with ``ase.units.GPa``), times in fs (converted with ``ase.units.fs``). CV values in
