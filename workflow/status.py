@@ -86,8 +86,26 @@ def campaign_status(directory: str | Path) -> dict[str, Any]:
         "last_progress": run,
         "will_redo": unfinished if not running else {},
         "dataset": str(cdir.dataset),
-        "slurm_blocks": run.get("blocks", []),
+        "slurm_blocks": _slurm_blocks(cdir),
     }
+
+
+def _slurm_blocks(cdir: CampaignDir) -> list[dict[str, Any]]:
+    """SLURM jobs of the run, with their state now (squeue); none for a local run."""
+    rows = _read_json_list(cdir.state / "slurm-blocks.json")
+    if not rows:
+        return []
+    from hillwalker.execution import read_blocks  # imports Parsl: only when there are jobs
+
+    return read_blocks(cdir.root)
+
+
+def _read_json_list(path: Path) -> list[Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return data if isinstance(data, list) else []
 
 
 def _generation_of(cdir: CampaignDir, record: dict[str, Any]) -> int | None:
