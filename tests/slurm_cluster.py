@@ -284,6 +284,8 @@ PartitionName={self.partition} Nodes=localhost Default=YES MaxTime=INFINITE Stat
                     if _is_zombie(pid):  # exited; PID 1 of a container may never reap it
                         break
                     time.sleep(0.1)
+                else:
+                    os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def running_daemons(self) -> list[int]:
@@ -291,3 +293,29 @@ PartitionName={self.partition} Nodes=localhost Default=YES MaxTime=INFINITE Stat
         alive = [p.pid for p in self.processes.values() if p.poll() is None]
         alive += self._job_processes()
         return alive
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    """Start the cluster for trying things by hand; Ctrl-C (or SIGTERM) stops it (as root)."""
+    # a handler, not a blocked mask: daemons inherit a blocked mask and would ignore SIGTERM;
+    # and SIGINT may come in ignored (started in the background by a script)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    cluster = SlurmCluster.start()
+    print(f"export SLURM_CONF={cluster.conf}   # then sinfo, sbatch, hillwalker run --site …")
+    print(f"partition {cluster.partition}, {cluster.cpus} CPUs; Ctrl-C stops every daemon")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
