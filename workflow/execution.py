@@ -114,6 +114,17 @@ class _SlurmProvider(SlurmProvider):
         return job_id
 
 
+def gpu_groups(gpus_per_node: int, gpus_per_task: int) -> list[str]:
+    """CUDA_VISIBLE_DEVICES of each worker of a node: 4 GPUs, 2 per task -> ["0,1", "2,3"].
+
+    Parsl starts one worker per entry and pins it to that entry's GPUs.
+    """
+    return [
+        ",".join(str(k * gpus_per_task + i) for i in range(gpus_per_task))
+        for k in range(gpus_per_node // gpus_per_task)
+    ]
+
+
 def _launcher(name: str) -> Any:
     if name == "srun":
         return SrunLauncher()
@@ -193,15 +204,15 @@ class Execution:
             launcher=_launcher(task.launcher),
         )
         extra: dict[str, Any] = {}
+        if self.site.interchange_address:
+            extra["address"] = self.site.interchange_address
         if task.gpus_per_task:
-            # one worker per GPU group; Parsl sets CUDA_VISIBLE_DEVICES for each worker
-            extra["available_accelerators"] = task.gpus_per_node
-        workers = task.workers_per_node
+            extra["available_accelerators"] = gpu_groups(task.gpus_per_node, task.gpus_per_task)
         return HighThroughputExecutor(
             label=self._labels[kind],
             interchange_launch_cmd=_interchange_command(),
             cores_per_worker=task.cores_per_task,
-            max_workers_per_node=workers if workers is not None else None,
+            max_workers_per_node=task.workers_per_node,
             heartbeat_period=max(1, self.site.heartbeat_threshold // 4),
             heartbeat_threshold=self.site.heartbeat_threshold,
             # Parsl's default gives up on the executor as soon as its only block fails (e.g. a
@@ -389,4 +400,4 @@ def read_blocks(run_dir: str | Path, *, live_only: bool = False) -> list[dict[st
     return [row for row in rows if row["live"]] if live_only else rows
 
 
-__all__ = ["LIVE_STATES", "Execution", "blocks_file", "machine_cores", "read_blocks"]
+__all__ = ["LIVE_STATES", "Execution", "blocks_file", "gpu_groups", "machine_cores", "read_blocks"]

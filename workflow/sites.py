@@ -229,6 +229,13 @@ class SiteProfile(_Model):
             "cluster to spare the scheduler."
         ),
     )
+    interchange_address: str | None = Field(
+        default=None,
+        description=(
+            "Address of this machine that SLURM workers connect back to (e.g. its InfiniBand "
+            "or internal IP). Default: workers try every address of this machine."
+        ),
+    )
     local_cores: int | None = Field(
         default=None,
         ge=1,

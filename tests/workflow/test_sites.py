@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hillwalker.config import ConfigError
-from hillwalker.execution import Execution
+from hillwalker.execution import Execution, gpu_groups
 from hillwalker.sites import TaskTooLongError, load_site, walltime_seconds
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "sites"
@@ -108,3 +108,14 @@ def test_cluster_profile_becomes_parsl_executors(tmp_path: Path) -> None:
     assert lines[0].startswith("export PATH=") and "bin" in lines[0]
     assert "module load CP2K/2023.1-foss-2022b" in lines
     assert executors["slurm-train"].max_workers_per_node == 1
+
+
+def test_gpu_profile_pins_one_gpu_group_per_worker(tmp_path: Path) -> None:
+    config = Execution(load_site(EXAMPLES / "gpu-cluster.yaml"), run_dir=tmp_path).parsl_config()
+    executors = {ex.label: ex for ex in config.executors}
+    assert executors["slurm-md"].available_accelerators == ["0", "1", "2", "3"]
+    assert executors["slurm-md"].max_workers_per_node == 4
+    assert executors["slurm-train"].available_accelerators == ["0"]
+    assert "#SBATCH --gpus-per-node=4" in executors["slurm-md"].provider.scheduler_options
+    assert gpu_groups(4, 2) == ["0,1", "2,3"]
+    assert gpu_groups(8, 3) == ["0,1,2", "3,4,5"]
