@@ -29,7 +29,7 @@ from hillwalker.engines.cp2k import (
     single_point,
     write_input,
 )
-from hillwalker.engines.cp2k_failures import DEFAULT_LADDER
+from hillwalker.engines.cp2k_failures import DEFAULT_LADDER, ScfCorrection
 from hillwalker.engines.cp2k_output import Cp2kOutput
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -306,6 +306,20 @@ def test_ot_diis_is_rescued_by_the_ladder(tmp_path: Path) -> None:
     assert result.energy / units.Hartree == pytest.approx(MIL53_NP_CIF_ENERGY_HARTREE, abs=1e-6)
     frame = result.to_atoms(mil53_np_cif())
     assert json.loads(frame.info["corrections"]) == result.corrections
+
+
+def test_scf_gives_up_at_the_end_of_the_ladder(tmp_path: Path) -> None:
+    (tmp_path / "short.inp").write_text(XTB.read_text().replace("MAX_SCF 400", "MAX_SCF 4"))
+    ladder = (ScfCorrection("more_scf_steps", scale_max_scf=2.0),)
+    result = single_point(mil53_np_cif(), Level.from_file(tmp_path / "short.inp"),
+                          tmp_path / "sp", ladder=ladder)  # fmt: skip
+    assert_failed(result, "scf_not_converged")
+    assert result.attempts == 2 and "after 2 attempt(s)" in (result.message or "")
+    assert result.corrections == [{"name": "more_scf_steps", "set": {"DFT/SCF/MAX_SCF": 8}}]
+    frame = result.to_atoms(mil53_np_cif(), generation=3)
+    assert frame.info["status"] == "failed" and frame.info["failure"] == "scf_not_converged"
+    assert json.loads(frame.info["corrections"]) == result.corrections
+    assert frame.info["generation"] == 3 and frame.calc is None
 
 
 def test_forces_and_stress_match_finite_differences(tmp_path: Path) -> None:
