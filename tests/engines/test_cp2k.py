@@ -6,6 +6,8 @@ import io
 import json
 import os
 import stat
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -480,6 +482,34 @@ def test_timeout_stops_mpirun_and_all_its_ranks(tmp_path: Path) -> None:
     while processes_in(work.resolve()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert processes_in(work.resolve()) == []
+
+
+def test_cp2k_dies_with_the_worker_that_started_it(tmp_path: Path) -> None:
+    # A worker killed outright (SIGKILL from Parsl or SLURM) runs no cleanup code at all.
+    text = XTB.read_text().replace("MAX_SCF 400", "MAX_SCF 100000")
+    (tmp_path / "slow.inp").write_text(text.replace("EPS_SCF 1.0E-6", "EPS_SCF 1.0E-30"))
+    work = (tmp_path / "sp").resolve()
+    script = (
+        "import sys, ase.io\n"
+        "from hillwalker.engines.cp2k import Level, single_point\n"
+        "single_point(ase.io.read(sys.argv[1]), Level.from_file(sys.argv[2]), sys.argv[3])\n"
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-c", script, str(DATA / "mil53_np_relaxed_xtb.extxyz"),
+         str(tmp_path / "slow.inp"), str(work)]
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not any("cp2k.psmp" in p for p in processes_in(work)):
+            assert time.monotonic() < deadline and worker.poll() is None, "CP2K never started"
+            time.sleep(0.1)
+    finally:
+        worker.kill()
+        worker.wait()
+    deadline = time.monotonic() + 5.0
+    while processes_in(work) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes_in(work) == []
 
 
 def test_crashing_launcher(tmp_path: Path) -> None:
