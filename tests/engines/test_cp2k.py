@@ -89,6 +89,23 @@ def test_parse_converged_output() -> None:
     assert out.ended and out.errors == []
 
 
+def test_parser_agrees_with_pymatgen() -> None:
+    # An independent parser on the same real output: the same numbers (pymatgen keeps CP2K's
+    # units for forces and stress and converts the energy with its own Hartree).
+    from pymatgen.io.cp2k.outputs import Cp2kOutput as PymatgenOutput
+
+    path = SNIPPETS / "mil53_xtb_converged.out"
+    ours = parse_output(path.read_text())
+    theirs = PymatgenOutput(str(path), auto_load=False)
+    theirs.parse_energies()
+    theirs.parse_forces()
+    theirs.parse_stresses()
+    assert ours.energy_hartree is not None
+    assert theirs.final_energy == pytest.approx(ours.energy_hartree * units.Hartree, rel=1e-8)
+    np.testing.assert_array_equal(theirs.data["forces"][-1], ours.forces_hartree_bohr)
+    np.testing.assert_array_equal(theirs.data["stress_tensor"][-1], ours.stress_gpa)
+
+
 def test_parse_scf_not_converged_output() -> None:
     out = parse_output((SNIPPETS / "mil53_xtb_ot_not_converged.out").read_text())
     # CP2K 2023.1 prints a warning, then energy and forces of the unconverged density.
