@@ -74,6 +74,7 @@ from ase.neighborlist import neighbor_list
 
 from hillwalker.engines.plumed import (
     BIAS_MODES,
+    BiasedCalculator,
     PlumedInputError,
     clean_input,
     count_hills,
@@ -331,7 +332,7 @@ def run_segment(
 
         use_kernel()
         try:
-            biased = Plumed(
+            biased = BiasedCalculator(
                 calculator,
                 prepared,
                 timestep=settings.timestep_fs * units.fs,

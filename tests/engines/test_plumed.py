@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ase import Atoms, units
+from ase.build import bulk
 from ase.calculators.lj import LennardJones
 from ase.calculators.plumed import Plumed
 from ase.md.langevin import Langevin
@@ -20,6 +21,7 @@ from ase.md.velocitydistribution import thermalize_momenta
 
 from hillwalker.engines.plumed import (
     KJ_PER_MOL,
+    BiasedCalculator,
     HillsError,
     PlumedInputError,
     bias_from_hills,
@@ -221,6 +223,38 @@ def test_distance_restraint_converts_nm_and_kj_per_mol(tmp_path: Path) -> None:
     np.testing.assert_allclose(bias_forces[1], [-force_ev_per_a, 0, 0], atol=1e-12)
     np.testing.assert_allclose(bias_forces[0], [force_ev_per_a, 0, 0], atol=1e-12)
     assert units.nm == pytest.approx(10.0)
+
+
+def test_biased_calculator_equals_ase_plumed(tmp_path: Path) -> None:
+    """The lean wrapper gives ASE's energy, forces and stress (bias virial included)."""
+    use_kernel()
+    atoms = bulk("Ar", "fcc", a=5.3, cubic=True).repeat((2, 2, 1))
+    atoms.rattle(0.1, seed=1)
+    atoms.set_cell(atoms.cell * [1.0, 1.02, 0.97], scale_atoms=True)
+    lines = [
+        "v: VOLUME",
+        "d: DISTANCE ATOMS=1,2",
+        "r: RESTRAINT ARG=v,d AT=0.5,0.3 KAPPA=2000,300",
+    ]
+    got = {}
+    for cls in (Plumed, BiasedCalculator):
+        lj = LennardJones(sigma=3.4, epsilon=0.0104, rc=8.0)
+        frame = atoms.copy()
+        with cls(lj, lines, timestep=units.fs, atoms=frame, log=str(tmp_path / "log")) as calc:
+            frame.calc = calc
+            got[cls] = (frame.get_potential_energy(), frame.get_forces(), frame.get_stress())
+            bias = calc.results["energy"] - lj.results["energy"]
+    assert bias > 0.01  # the restraint acts
+    ase_result, lean_result = got[Plumed], got[BiasedCalculator]
+    assert lean_result[0] == pytest.approx(ase_result[0], abs=1e-12)
+    np.testing.assert_allclose(lean_result[1], ase_result[1], atol=1e-12)
+    np.testing.assert_allclose(lean_result[2], ase_result[2], atol=1e-12)
+    assert (
+        np.abs(
+            lean_result[2] - LennardJones(sigma=3.4, epsilon=0.0104, rc=8.0).get_stress(atoms)
+        ).max()
+        > 1e-4
+    )  # the bias virial is in the stress
 
 
 def run_lj_metad(tmp_path: Path, metad: str, steps: int = 60) -> tuple[list, Path]:
