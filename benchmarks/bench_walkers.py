@@ -4,9 +4,10 @@
 
 Prints one JSON object:
 - ``bare_steps_per_s``: NPT (MTKNPT, full cell) MD with the model calculator alone;
-- ``metad_steps_per_s``: the same loop with ``ase.calculators.plumed.Plumed`` running the
+- ``metad_steps_per_s``: the same loop with the walkers' ``BiasedCalculator`` running the
   template's ``plumed.dat`` (VOLUME, well-tempered METAD with a GRID, two walls, PRINT) and its
-  overhead in % (goal ≤ 10 %);
+  overhead in % (goal ≤ 10 %); ``metad_ase_wrapper_*`` the same with ASE's own ``Plumed``;
+  ``plumed_ms_per_step`` the time inside PLUMED itself;
 - ``run_segment_steps_per_s``: the engine's own :func:`run_segment` (safety checks, log, state);
 - ``hills``: per-step cost with 10 and with 10,000 hills already in the bias (a prefilled
   HILLS file, read through PLUMED's RESTART), with the template's GRID (goal: flat) and, for
@@ -36,7 +37,12 @@ from ase.calculators.plumed import Plumed
 from ase.md.nose_hoover_chain import MTKNPT
 from ase.md.velocitydistribution import thermalize_momenta
 
-from hillwalker.engines.plumed import clean_input, init_bias_dir, prepare_input
+from hillwalker.engines.plumed import (
+    BiasedCalculator,
+    clean_input,
+    init_bias_dir,
+    prepare_input,
+)
 from hillwalker.engines.plumed_kernel import use_kernel
 from hillwalker.engines.walkers import WalkerSettings, run_segment
 
@@ -117,7 +123,12 @@ def prefill_hills(path: Path, n: int) -> None:
 
 
 def metad_run(
-    model_calc: object, workdir: Path, steps: int, hills: int | None, grid: bool
+    model_calc: object,
+    workdir: Path,
+    steps: int,
+    hills: int | None,
+    grid: bool,
+    wrapper: type[Plumed] = BiasedCalculator,
 ) -> tuple[float, float]:
     """(MD steps/s, ms per step inside PLUMED) under the template's input.
 
@@ -132,7 +143,7 @@ def metad_run(
         prefill_hills(bias_dir / "HILLS.0", hills)
     lines = plumed_lines(workdir, bias_dir, grid)
     atoms = start_atoms()
-    calc = Plumed(
+    calc = wrapper(
         model_calc,
         lines,
         timestep=TIMESTEP_FS * units.fs,
@@ -201,6 +212,8 @@ def main() -> int:
         rate, plumed_ms = metad_run(model_calc, workdir / f"metad_{r}", steps, None, grid=True)
         record("metad", rate)
         record("metad_plumed_ms", plumed_ms)
+        rate, _ = metad_run(model_calc, workdir / f"ase_{r}", steps, None, True, Plumed)
+        record("metad_ase_wrapper", rate)
         started = time.perf_counter()
         segment = run_segment(
             start_atoms(), model_calc, TEMPLATE, workdir / f"segment_{r}", walker=0,
@@ -236,6 +249,10 @@ def main() -> int:
         "model_ms_per_step": round(1000 / med["bare"], 3),
         "metad_steps_per_s": round(med["metad"], 2),
         "metad_overhead_percent": round(100 * (med["bare"] / med["metad"] - 1), 1),
+        "metad_ase_wrapper_steps_per_s": round(med["metad_ase_wrapper"], 2),
+        "metad_ase_wrapper_overhead_percent": round(
+            100 * (med["bare"] / med["metad_ase_wrapper"] - 1), 1
+        ),
         "plumed_ms_per_step": round(med["metad_plumed_ms"], 4),
         "plumed_share_of_model_percent": round(
             100 * med["metad_plumed_ms"] * med["bare"] / 1000, 2
