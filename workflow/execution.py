@@ -25,8 +25,8 @@ task whose worker was lost (e.g. its SLURM block was cancelled).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
-import logging
 import os
 import shlex
 import subprocess
@@ -49,8 +49,6 @@ from parsl.providers import LocalProvider, SlurmProvider
 from hillwalker.engines.plumed_kernel import use_kernel
 from hillwalker.files import atomic_write_json
 from hillwalker.sites import TASK_KINDS, SiteProfile, TaskSite, local_site
-
-log = logging.getLogger(__name__)
 
 LOCAL_LABEL = "local"
 #: a first result ~1.7 s after start instead of ~5.7 s with Parsl's default of 5 s
@@ -265,7 +263,14 @@ class Execution:
         (self.run_dir / ".hillwalker").mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.blocks_file, [])  # a new run: earlier runs' jobs are over
         config = self.parsl_config()
-        self._dfk = DataFlowKernel(config)
+        try:
+            self._dfk = DataFlowKernel(config)
+        except BaseException:
+            # no DFK to clean up: stop whatever executors (interchange, blocks) already started
+            for executor in config.executors:
+                with contextlib.suppress(Exception):
+                    executor.shutdown()
+            raise
 
     def close(self) -> None:
         """Stop interchange, workers and SLURM blocks. Safe to call twice."""
