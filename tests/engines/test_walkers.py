@@ -1,4 +1,4 @@
-"""Walker segments with the real PLUMED kernel and real MD (ASE Lennard-Jones argon; NequIP
+"""Walker segments with the real PLUMED kernel and real MD (an ASE Lennard-Jones trimer; NequIP
 MIL-53 for NPT): shared hills across concurrent processes, restart across generations, a
 killed segment re-run, safety, molecules in vacuum."""
 

@@ -20,10 +20,10 @@ from ase.calculators.lj import LennardJones
 
 from hillwalker.engines.walkers import WalkerSettings, run_segment
 
-#: Ar trimer, CV = distance of atoms 1 and 2 (nm); exact (no grid) hills every 5 steps
+#: LJ trimer, CV = distance of atoms 1 and 2 (nm); exact (no grid) hills every 5 steps
 PLUMED_INPUT = """
 d: DISTANCE ATOMS=1,2
-metad: METAD ARG=d SIGMA=0.01 HEIGHT=0.5 PACE=5
+metad: METAD ARG=d SIGMA=0.02 HEIGHT=0.5 PACE=5
 PRINT ARG=d,metad.bias STRIDE=1 FILE=COLVAR FMT=%24.14f
 """
 
@@ -33,10 +33,14 @@ def trimer() -> Atoms:
 
 
 class PausingLJ(LennardJones):
-    """Lennard-Jones argon that can wait, at one call, for a file to appear."""
+    """A Lennard-Jones trimer that can wait, at one call, for a file to appear.
+
+    The well (0.1 eV, ten times argon's) keeps the trimer bound under the bias of these tests,
+    so concurrent walkers explore the same range of the CV and feel each other's hills.
+    """
 
     def __init__(self, pause_at: int | None = None, pause_until: str | None = None) -> None:
-        super().__init__(sigma=3.4, epsilon=0.0104, rc=10.0)
+        super().__init__(sigma=3.4, epsilon=0.1, rc=10.0)
         self.calls = 0
         self.pause_at = pause_at
         self.pause_until = Path(pause_until) if pause_until else None
