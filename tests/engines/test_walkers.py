@@ -290,6 +290,26 @@ def test_a_start_that_fails_the_checks_goes_to_last_safe(tmp_path: Path) -> None
     np.testing.assert_allclose(alone.final.positions, crushed.positions)
 
 
+def test_atoms_too_close_across_a_skewed_periodic_boundary(tmp_path: Path) -> None:
+    from ase import Atoms
+
+    cell = np.array([[6.0, 0.0, 0.0], [4.5, 5.0, 0.0], [1.0, 1.5, 7.0]])  # strongly skewed
+    atoms = Atoms("Ar2", cell=cell, pbc=True, scaled_positions=[[0.5, 0.01, 0.5], [0.5, 0.5, 0.5]])
+    # atom 1 0.5 Å from atom 0, but across the skewed face: wrapped, it lies a whole b away
+    atoms.positions[1] = atoms.positions[0] + [0.0, -0.5, 0.0]
+    atoms.wrap()
+    assert atoms.get_distance(0, 1) > 2.0 and atoms.get_distance(0, 1, mic=True) < 0.51
+    settings = WalkerSettings(
+        temperature=10.0, timestep_fs=1.0, steps=5, max_force=1e12, max_temperature=1e12
+    )
+    segment = run_segment(
+        atoms, PausingLJ(), PLUMED_INPUT, tmp_path / "w", walker=0, generation=1, n_walkers=1,
+        bias_dir=tmp_path / "bias", bias="none", settings=settings, seed=1,
+    )  # fmt: skip
+    assert segment.status == "blown_up"
+    assert "atoms 0 and 1 are 0.5 Å apart < min_distance 0.6 Å" in segment.events[0]["reason"]
+
+
 def test_a_plumed_error_during_md_is_a_blow_up(tmp_path: Path) -> None:
     # the CV leaves METAD's grid: the kernel throws inside the force call
     text = PLUMED_INPUT.replace("PACE=5", "PACE=5 GRID_MIN=0.36 GRID_MAX=0.40 GRID_BIN=40")
