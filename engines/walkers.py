@@ -250,7 +250,9 @@ def run_segment(
     """Run one MD segment of one walker with the PLUMED bias; see the module docstring.
 
     ``start``: an ``Atoms`` (``info["step"]`` continues the step counter; momenta are drawn at
-    the temperature when it has none) or a state file written by a previous segment.
+    the temperature when it has none) or a state file written by a previous segment. A reset
+    (the start structure, an older safe state) keeps the walker's step counter going: it starts
+    at the end of the walker's last recorded segment if that is later.
     ``plumed_input``: a path, or the input text itself (PLUMED units). ``bias``: ``shared``,
     ``independent`` or ``none``. ``seed`` seeds the thermostat noise and any momenta drawn.
     """
@@ -291,6 +293,8 @@ def run_segment(
             stack.enter_context(_walker_lock(bias_dir, walker))
             own_hills = hills_file(bias_dir, walker)
             record_path = bias_dir / ".segments" / f"walker-{walker}.json"
+            # the step counter never goes back, not even on a reset to an older structure
+            start_step = max(start_step, _recorded_step(record_path, generation))
             rolled = _roll_back_unfinished(record_path, own_hills, generation)
             if rolled:
                 events.append({"step": start_step, "kind": "hills_rolled_back", "removed": rolled})
@@ -757,6 +761,19 @@ def _walker_lock(bias_dir: Path, walker: int) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _recorded_step(record_path: Path, generation: int) -> int:
+    """Where the walker's step counter stands: the end of its last segment, or the start of
+    the segment being redone (killed, or re-run for the same generation)."""
+    if not record_path.is_file():
+        return 0
+    try:
+        record = json.loads(record_path.read_text())
+        redo = record["status"] != "done" or int(record["generation"]) == generation
+        return int(record["start_step"] if redo else record.get("end_step", record["start_step"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise WalkerError(f"{record_path}: unreadable segment record ({exc})") from exc
 
 
 def _roll_back_unfinished(record_path: Path, own_hills: Path, generation: int) -> int:

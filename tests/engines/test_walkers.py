@@ -159,6 +159,19 @@ def test_bias_continues_across_generations(tmp_path: Path) -> None:
     times = read_hills(bias).times
     assert np.all(np.diff(times) > 0)
 
+    # a reset to the start structure keeps the bias and the step counter
+    reset = run_segment(
+        trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "g3", walker=0, generation=3,
+        n_walkers=1, bias_dir=bias, settings=settings, seed=3,
+    )  # fmt: skip
+    assert (reset.start_step, reset.end_step) == (303, 403)
+    d0 = trimer().get_distance(0, 1) / 10
+    hills_before = read_hills(bias).before(303 * 0.005)
+    assert len(hills_before) == hills_1 + 20
+    assert reset.bias_start == pytest.approx(bias_from_hills(hills_before, d0)[0], abs=1e-6)
+    assert reset.bias_start > 0.5 * KJ_PER_MOL
+    assert np.all(np.diff(read_hills(bias).times) > 0)
+
 
 def test_killed_segment_rerun_does_not_duplicate_hills(tmp_path: Path) -> None:
     bias = tmp_path / "bias"
