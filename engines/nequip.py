@@ -16,6 +16,9 @@ A model directory holds::
     model.nequip.pt2     the same, AOTInductor-compiled for ASE
     model.json           the record, written last: its presence means the model is complete
 
+A warm start (``init_from``) takes the previous package's weights, type names, energy shifts and
+cutoff; the package must stay where it is while the run (or a resume of it) needs it.
+
 Units are ASE's inside (eV, Å, eV/Å³); reported errors are meV/atom, meV/Å and GPa.
 torch, lightning and nequip are imported inside functions so that importing this module (the CLI,
 the workflow) stays cheap.
@@ -23,6 +26,7 @@ the workflow) stays cheap.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -30,9 +34,10 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -210,6 +215,10 @@ def train(
             f"{package_from}: model has no type for element(s) {', '.join(missing)} found in "
             f"{', '.join(map(str, paths))} (model species: {' '.join(species)})"
         )
+    if package_from is not None:
+        # a warm start keeps the package's architecture (l_max, layers, features are unused);
+        # its cutoff must also be the data's neighbour-list cutoff
+        settings = dataclasses.replace(settings, r_max=_package_r_max(package_from))
     stress_mode = _stress_mode(frames)
     if stress_mode == "some":
         # nequip skips NaN stress labels when told to (ignore_nan), so frames without stress
@@ -350,15 +359,12 @@ def package_checkpoint(checkpoint: Path, out: Path) -> Path:
     out = Path(out)
     if not out.name.endswith(".nequip.zip"):
         raise ModelError(f"{out}: a packaged model must end in .nequip.zip")
-    # nequip insists on the extension, so the temporary file keeps it
-    partial = out.with_name(f".partial-{os.getpid()}-{out.name}")
     log = out.with_name("package.log")
-    command = [_tool("nequip-package"), "build", str(checkpoint), str(partial)]
-    try:
+    # the archive is named after its file, so the temporary file (in a temporary folder) has
+    # the final name
+    with _partial(out) as partial:
+        command = [_tool("nequip-package"), "build", str(checkpoint), str(partial)]
         _run_logged(command, log, cwd=out.parent, what="nequip-package")
-        partial.replace(out)
-    finally:
-        partial.unlink(missing_ok=True)
     return out
 
 
@@ -376,26 +382,28 @@ def compile_model(
     if not out.name.endswith(".nequip.pt2"):
         raise ModelError(f"{out}: a compiled model must end in .nequip.pt2")
     device = resolve_device(device)
-    partial = out.with_name(f".partial-{os.getpid()}-{out.name}")
-    log = out.with_name("compile.log")
-    command = [
-        _tool("nequip-compile"),
-        str(package),
-        str(partial),
-        "--mode",
-        "aotinductor",
-        "--device",
-        device,
-        "--target",
-        "ase",
-    ]
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    log = out.with_name("compile.log")
+    with _partial(out) as partial:
+        command = [
+            _tool("nequip-compile"),
+            str(package),
+            str(partial),
+            *("--mode", "aotinductor", "--device", device, "--target", "ase"),
+        ]
         _run_logged(command, log, cwd=out.parent, what="nequip-compile", threads=threads)
-        partial.replace(out)
-    finally:
-        partial.unlink(missing_ok=True)
     return out
+
+
+@contextlib.contextmanager
+def _partial(out: Path) -> Iterator[Path]:
+    """A path with ``out``'s name in a temporary folder beside it; moved onto ``out`` on success."""
+    folder = Path(tempfile.mkdtemp(prefix=f".partial-{out.name}-", dir=out.parent))
+    try:
+        yield folder / out.name
+        (folder / out.name).replace(out)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def progress_callback(path: str) -> Any:
@@ -860,6 +868,17 @@ def _last_error(log: Path) -> str:
         if "Error" in line or "error:" in line:
             return line[:400]
     return lines[-1][:400] if lines else "no output"
+
+
+def _package_r_max(package: Path) -> float:
+    try:
+        from nequip.model.saved_models.load_utils import load_saved_model
+        from nequip.nn import graph_model
+
+        model = load_saved_model(str(package))
+        return float(model.metadata[graph_model.R_MAX_KEY])
+    except Exception as exc:
+        raise ModelError(f"{package}: not a readable NequIP package ({_short(exc)})") from exc
 
 
 def _package_path(model: Path) -> Path:
