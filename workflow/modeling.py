@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ase.data import atomic_numbers
+
 from hillwalker.dataset import read_frames
 from hillwalker.engines.nequip import (
     ModelError,
@@ -96,6 +98,7 @@ def describe_errors(result: dict[str, Any]) -> str:
         f"  force RMSE       {result['force_rmse_mev_per_ang']:.1f} meV/Å",
         f"  stress RMSE      {'n/a (no stress labels)' if stress is None else f'{stress:.3f} GPa'}",
     ]
-    for element, value in result["force_rmse_by_element"].items():
-        lines.append(f"    force RMSE {element:<3}  {value:.1f} meV/Å")
+    by_element = result["force_rmse_by_element"]
+    for element in sorted(by_element, key=lambda s: atomic_numbers.get(s, 0)):
+        lines.append(f"    force RMSE {element:<3}  {by_element[element]:.1f} meV/Å")
     return "\n".join(lines)
