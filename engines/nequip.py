@@ -241,6 +241,8 @@ def train(
     overrides = _overrides(
         settings, out_dir, species, shifts, stress_mode, package_from, accelerator
     )
+    if stress_mode == "none":
+        overrides += _without_stress(_read_template(template), template)
     fingerprint = _fingerprint(out_dir, overrides, package_from, compile, device)
 
     done = _completed(out_dir, fingerprint)
@@ -712,15 +714,7 @@ def _overrides(
         + "}",
         f"progress_file={_hydra_str(str(out_dir / PROGRESS_NAME))}",
     ]
-    if stress_mode == "none":
-        overrides += [
-            "training_module.loss._target_=nequip.train.EnergyForceLoss",
-            "~training_module.loss.coeffs.stress",
-            "training_module.val_metrics._target_=nequip.train.EnergyForceMetrics",
-            "~training_module.val_metrics.coeffs.stress_rmse",
-            "~training_module.val_metrics.coeffs.stress_mae",
-        ]
-    elif stress_mode == "some":
+    if stress_mode == "some":
         overrides += [
             "++training_module.loss.ignore_nan={stress:true}",
             "++training_module.val_metrics.ignore_nan={stress:true}",
@@ -732,6 +726,30 @@ def _overrides(
             "+training_module.model={_target_:nequip.model.ModelFromPackage,"
             f"package_path:{_hydra_str(str(package_from))}}}",
         ]
+    return overrides
+
+
+def _without_stress(config: dict[str, Any], template: Path) -> list[str]:
+    """Overrides that swap the template's stress loss and metrics for energy+forces ones.
+
+    For frames without stress (molecules): nequip's EnergyForceLoss/Metrics reject stress keys.
+    The metrics' coefficients are replaced whole, since hydra cannot delete a key whose value
+    is null (``stress_rmse: null``).
+    """
+    module = config.get("training_module") or {}
+    loss, metrics = module.get("loss") or {}, module.get("val_metrics") or {}
+    if not isinstance(loss, dict) or not isinstance(metrics, dict):
+        raise ModelError(f"{template}: training_module.loss/val_metrics: expected mappings")
+    overrides = []
+    if "Stress" in str(loss.get("_target_", "")):
+        overrides.append("training_module.loss._target_=nequip.train.EnergyForceLoss")
+    if isinstance(loss.get("coeffs"), dict) and loss["coeffs"].get("stress") is not None:
+        overrides.append("~training_module.loss.coeffs.stress")
+    if "Stress" in str(metrics.get("_target_", "")):
+        overrides.append("training_module.val_metrics._target_=nequip.train.EnergyForceMetrics")
+        if metrics.get("coeffs") is not None:
+            overrides.append("~training_module.val_metrics.coeffs")
+        overrides.append("++training_module.val_metrics.coeffs={forces_rmse:1.0}")
     return overrides
 
 

@@ -156,6 +156,29 @@ def test_warm_start_learns_the_new_frames(
     assert first < 0.7 * scratch_first
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("stress", ["none", "some"])
+def test_frames_without_stress_still_train(stress, mil53_frames_path, tmp_path):
+    """No stress at all: nequip's energy+forces loss; stress on some frames: the rest NaN."""
+    frames = []
+    for i, atoms in enumerate(read_frames(mil53_frames_path)[::8]):
+        if stress == "none" or i % 2:
+            ref = labels(atoms)
+            atoms = label(atoms, ref["energy"], ref["forces"])  # a copy without the stress
+        frames.append(atoms)
+    data = tmp_path / "frames.extxyz"
+    write_frames(data, frames)
+    settings = TrainSettings.from_template(None, epochs=2, num_features=8, num_layers=1)
+    model = train(data, tmp_path / "m", settings=settings, device="cpu", compile=False, threads=1)
+    m = model.metrics
+    assert m["stress_trained"] is (stress == "some")
+    assert ("nequip.train.EnergyForceLoss" in " ".join(m["config"]["overrides"])) is (
+        stress == "none"
+    )
+    assert all(np.isfinite(h["val_forces_rmse"]) for h in m["history"])
+    assert all(("val_stress_rmse" in h) is (stress == "some") for h in m["history"])
+
+
 def test_training_input_errors_name_the_file(tmp_path):
     empty = tmp_path / "empty.extxyz"
     empty.write_text("")
