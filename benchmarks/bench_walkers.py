@@ -1,19 +1,21 @@
 """Benchmark: walker MD speed on the 38-atom MIL-53(Al) cell with a compiled NequIP model.
 
-    .venv/bin/python benchmarks/bench_walkers.py [--model MODEL] [--steps N] [--repeats R]
+    .venv/bin/python benchmarks/bench_walkers.py [--model MODEL] [--rounds 12] [--chunk 25]
 
 Prints one JSON object:
 - ``bare_steps_per_s``: NPT (MTKNPT, full cell) MD with the model calculator alone;
-- ``metad_steps_per_s``: the same loop with the walkers' ``BiasedCalculator`` running the
-  template's ``plumed.dat`` (VOLUME, well-tempered METAD with a GRID, two walls, PRINT) and its
-  overhead in % (goal ≤ 10 %); ``metad_ase_wrapper_*`` the same with ASE's own ``Plumed``;
-  ``plumed_ms_per_step`` the time inside PLUMED itself;
-- ``run_segment_steps_per_s``: the engine's own :func:`run_segment` (safety checks, log, state);
-- ``hills``: per-step cost with 10 and with 10,000 hills already in the bias (a prefilled
-  HILLS file, read through PLUMED's RESTART), with the template's GRID (goal: flat) and, for
+- ``metad_*``: the same with the walkers' ``BiasedCalculator`` running the template's
+  ``plumed.dat`` (VOLUME, well-tempered METAD on a GRID, two walls, PRINT); its overhead in %
+  (goal ≤ 10 %); ``metad_ase_wrapper_*`` the same through ASE's own ``Plumed``;
+  ``plumed_ms_per_step``: the time inside PLUMED itself;
+- ``safety_checks_ms_per_step`` and ``run_segment_steps_per_s``: the engine's own segment;
+- ``hills``: the cost per step with 10 and with 10,000 hills already in the bias (a prefilled
+  HILLS file read through PLUMED's RESTART), with the template's GRID (goal: flat) and, for
   contrast, without it.
 
-Rates are the median of ``--repeats`` alternating runs (the machine may be shared).
+Every setup is built once and run in chunks of ``--chunk`` steps, interleaved round by round
+(the order rotated), so that a machine shared with other jobs loads all setups alike; rates
+are medians over chunks, overheads medians of the per-round time ratios.
 ``--model``: a ``.nequip.pt2``/``.nequip.zip`` or model directory. Without it a small model of
 the template's size is trained for a few epochs on ``tests/data/mil53_xtb_frames.extxyz`` (GFN1-xTB
 labels with stress) and compiled — speed, not accuracy, is measured here.
@@ -84,14 +86,23 @@ def integrator(atoms: Atoms) -> MTKNPT:
     )
 
 
-def timed_md(atoms: Atoms, calc: object, steps: int) -> float:
-    """Steps per second of MTKNPT MD (after 10 warm-up steps)."""
-    atoms.calc = calc
-    dyn = integrator(atoms)
-    dyn.run(10)
-    start = time.perf_counter()
-    dyn.run(steps)
-    return steps / (time.perf_counter() - start)
+class Setup:
+    """One MD setup kept alive between timed chunks, so setups can be interleaved in time."""
+
+    def __init__(self, calc: object, atoms: Atoms) -> None:
+        self.atoms = atoms
+        atoms.calc = calc
+        self.calc = calc
+        self.dyn = integrator(atoms)
+        self.dyn.run(5)  # warm-up (and the first, step-0 evaluation)
+        self.chunks: list[float] = []
+
+    def chunk(self, steps: int) -> float:
+        started = time.perf_counter()
+        self.dyn.run(steps)
+        elapsed = time.perf_counter() - started
+        self.chunks.append(elapsed)
+        return elapsed
 
 
 def plumed_lines(workdir: Path, bias_dir: Path, grid: bool) -> list[str]:
@@ -122,30 +133,24 @@ def prefill_hills(path: Path, n: int) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def metad_run(
+def metad_setup(
     model_calc: object,
     workdir: Path,
-    steps: int,
     hills: int | None,
     grid: bool,
     wrapper: type[Plumed] = BiasedCalculator,
-) -> tuple[float, float]:
-    """(MD steps/s, ms per step inside PLUMED) under the template's input.
-
-    ``hills``: how many hills the bias starts from (None: a fresh bias). The PLUMED time is
-    measured around ``Plumed.compute_bias`` alone, so it is less sensitive to a shared machine
-    than the steps/s.
-    """
+) -> tuple[Setup, list[float]]:
+    """An MD setup under the template's PLUMED input and a [seconds, calls] counter of the time
+    spent inside PLUMED (``compute_bias``). ``hills``: how many hills the bias starts from."""
     workdir.mkdir(parents=True, exist_ok=True)
     bias_dir = workdir / "bias"
     init_bias_dir(bias_dir, 1)
     if hills:
         prefill_hills(bias_dir / "HILLS.0", hills)
-    lines = plumed_lines(workdir, bias_dir, grid)
     atoms = start_atoms()
     calc = wrapper(
         model_calc,
-        lines,
+        plumed_lines(workdir, bias_dir, grid),
         timestep=TIMESTEP_FS * units.fs,
         atoms=atoms,
         kT=units.kB * TEMPERATURE,
@@ -163,18 +168,32 @@ def metad_run(
             spent[1] += 1
 
     calc.compute_bias = timed_compute_bias  # type: ignore[method-assign]
-    try:
-        rate = timed_md(atoms, calc, steps)
-    finally:
-        calc.plumed.finalize()
-    return rate, 1000 * spent[0] / max(spent[1], 1)
+    return Setup(calc, atoms), spent
+
+
+def safety_check_ms(settings: WalkerSettings) -> float:
+    """Per-step cost of run_segment's safety checks on the MIL-53 cell (amortised strides)."""
+    from hillwalker.engines import walkers
+
+    atoms = start_atoms()
+    n = 200
+    started = time.perf_counter()
+    for _ in range(n):
+        walkers._check_distances(atoms, settings.min_distance)
+        walkers._state_copy(atoms, None, {})
+    every_stride = (time.perf_counter() - started) / n
+    started = time.perf_counter()
+    for _ in range(n):
+        atoms.get_temperature()
+    every_step = (time.perf_counter() - started) / n
+    return 1000 * (every_step + every_stride / settings.check_stride)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help=".nequip.pt2 / .nequip.zip / model directory")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=12, help="interleaved rounds")
+    parser.add_argument("--chunk", type=int, default=25, help="MD steps per setup per round")
     parser.add_argument("--epochs", type=int, default=20, help="when training a model")
     parser.add_argument("--workdir", help="keep files here (default: a temporary directory)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -190,50 +209,64 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     model_path, model_source = get_model(args, workdir)
-    model_calc = load_calculator(model_path, device="cpu")
-    steps = args.steps
 
-    rates: dict[str, list[float]] = {}
+    def model() -> object:  # a calculator per setup: no cache shared between setups
+        return load_calculator(model_path, device="cpu")
 
-    def record(name: str, value: float) -> None:
-        rates.setdefault(name, []).append(value)
+    names = ["bare", "metad", "metad_ase_wrapper", "grid_10", "grid_10000"]
+    names += ["nogrid_10", "nogrid_10000"]
+    setups: dict[str, Setup] = {"bare": Setup(model(), start_atoms())}
+    plumed_time: dict[str, list[float]] = {}
+    for name, hills, grid, wrapper in [
+        ("metad", None, True, BiasedCalculator),
+        ("metad_ase_wrapper", None, True, Plumed),
+        ("grid_10", 10, True, BiasedCalculator),
+        ("grid_10000", 10_000, True, BiasedCalculator),
+        ("nogrid_10", 10, False, BiasedCalculator),
+        ("nogrid_10000", 10_000, False, BiasedCalculator),
+    ]:
+        setups[name], plumed_time[name] = metad_setup(model(), workdir / name, hills, grid, wrapper)
+    for spent in plumed_time.values():
+        spent[:] = [0.0, 0]  # count the timed chunks only
+    # interleaved chunks, the order rotated every round: a shared machine's load changes by the
+    # second, so each round compares setups under (nearly) the same load
+    for r in range(args.rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            setups[name].chunk(args.chunk)
+
+    def paired(a: str, b: str) -> float:
+        """Median over rounds of time(a)/time(b)."""
+        return statistics.median(
+            x / y for x, y in zip(setups[a].chunks, setups[b].chunks, strict=True)
+        )
+
+    def rate(name: str) -> float:
+        return args.chunk / statistics.median(setups[name].chunks)
+
+    def plumed_ms(name: str) -> float:
+        seconds, calls = plumed_time[name]
+        return 1000 * seconds / max(calls, 1)
+
+    for name in plumed_time:
+        setups[name].calc.plumed.finalize()  # type: ignore[attr-defined]
 
     settings = WalkerSettings(
         ensemble="npt",
         temperature=TEMPERATURE,
         pressure=0.0,
         timestep_fs=TIMESTEP_FS,
-        steps=steps,
+        steps=args.rounds * args.chunk,
         thermostat_time_fs=100.0,
         barostat_time_fs=1000.0,
     )
-    for r in range(args.repeats):
-        record("bare", timed_md(start_atoms(), model_calc, steps))
-        rate, plumed_ms = metad_run(model_calc, workdir / f"metad_{r}", steps, None, grid=True)
-        record("metad", rate)
-        record("metad_plumed_ms", plumed_ms)
-        rate, _ = metad_run(model_calc, workdir / f"ase_{r}", steps, None, True, Plumed)
-        record("metad_ase_wrapper", rate)
-        started = time.perf_counter()
-        segment = run_segment(
-            start_atoms(), model_calc, TEMPLATE, workdir / f"segment_{r}", walker=0,
-            generation=r, n_walkers=1, bias_dir=workdir / f"segment_{r}" / "bias",
-            settings=settings, seed=r,
-        )  # fmt: skip
-        if segment.status == "ok":
-            record("run_segment", (steps + 1) / (time.perf_counter() - started))
-        for n in (10, 10_000):
-            rate, plumed_ms = metad_run(model_calc, workdir / f"g{n}_{r}", steps, n, grid=True)
-            record(f"grid_{n}", rate)
-            record(f"grid_{n}_plumed_ms", plumed_ms)
-        # without the grid every step sums every hill: fewer steps are enough to see it
-        short = max(steps // 5, 50)
-        for n in (10, 10_000):
-            rate, plumed_ms = metad_run(model_calc, workdir / f"n{n}_{r}", short, n, grid=False)
-            record(f"nogrid_{n}", rate)
-            record(f"nogrid_{n}_plumed_ms", plumed_ms)
+    started = time.perf_counter()
+    segment = run_segment(
+        start_atoms(), model(), TEMPLATE, workdir / "segment", walker=0, generation=0,
+        n_walkers=1, bias_dir=workdir / "segment" / "bias", settings=settings, seed=0,
+    )  # fmt: skip
+    segment_rate = (settings.steps + 1) / (time.perf_counter() - started)
 
-    med = {name: statistics.median(values) for name, values in rates.items()}
     result = {
         "benchmark": "walkers",
         "system": "MIL-53(Al) 38 atoms, np relaxed cell, MTKNPT 300 K 0 GPa, dt 0.5 fs",
@@ -241,42 +274,36 @@ def main() -> int:
         "model_source": model_source,
         "device": "cpu",
         "torch_threads": torch.get_num_threads(),
-        "note": "2-core machine shared with other jobs: steps/s are noisy, PLUMED ms less so",
         "cpu_count": os.cpu_count(),
-        "steps": steps,
-        "repeats": args.repeats,
-        "bare_steps_per_s": round(med["bare"], 2),
-        "model_ms_per_step": round(1000 / med["bare"], 3),
-        "metad_steps_per_s": round(med["metad"], 2),
-        "metad_overhead_percent": round(100 * (med["bare"] / med["metad"] - 1), 1),
-        "metad_ase_wrapper_steps_per_s": round(med["metad_ase_wrapper"], 2),
+        "note": (
+            "shared 2-core machine: rates are medians of interleaved chunks, overheads medians "
+            "of per-round time ratios; PLUMED ms is the time inside compute_bias"
+        ),
+        "rounds": args.rounds,
+        "chunk_steps": args.chunk,
+        "bare_steps_per_s": round(rate("bare"), 2),
+        "model_ms_per_step": round(1000 / rate("bare"), 3),
+        "metad_steps_per_s": round(rate("metad"), 2),
+        "metad_overhead_percent": round(100 * (paired("metad", "bare") - 1), 1),
+        "metad_ase_wrapper_steps_per_s": round(rate("metad_ase_wrapper"), 2),
         "metad_ase_wrapper_overhead_percent": round(
-            100 * (med["bare"] / med["metad_ase_wrapper"] - 1), 1
+            100 * (paired("metad_ase_wrapper", "bare") - 1), 1
         ),
-        "plumed_ms_per_step": round(med["metad_plumed_ms"], 4),
-        "plumed_share_of_model_percent": round(
-            100 * med["metad_plumed_ms"] * med["bare"] / 1000, 2
-        ),
-        "run_segment_steps_per_s": round(med["run_segment"], 2) if "run_segment" in med else None,
-        "run_segment_overhead_percent": (
-            round(100 * (med["bare"] / med["run_segment"] - 1), 1) if "run_segment" in med else None
-        ),
+        "plumed_ms_per_step": round(plumed_ms("metad"), 4),
+        "safety_checks_ms_per_step": round(safety_check_ms(settings), 4),
+        "run_segment_steps_per_s": round(segment_rate, 2),
+        "run_segment_status": segment.status,
         "hills": {
-            "grid_10_steps_per_s": round(med["grid_10"], 2),
-            "grid_10000_steps_per_s": round(med["grid_10000"], 2),
-            "grid_10_plumed_ms_per_step": round(med["grid_10_plumed_ms"], 4),
-            "grid_10000_plumed_ms_per_step": round(med["grid_10000_plumed_ms"], 4),
-            "grid_plumed_cost_ratio_10000_vs_10": round(
-                med["grid_10000_plumed_ms"] / med["grid_10_plumed_ms"], 3
-            ),
-            "nogrid_10_plumed_ms_per_step": round(med["nogrid_10_plumed_ms"], 4),
-            "nogrid_10000_plumed_ms_per_step": round(med["nogrid_10000_plumed_ms"], 4),
-            "nogrid_plumed_cost_ratio_10000_vs_10": round(
-                med["nogrid_10000_plumed_ms"] / med["nogrid_10_plumed_ms"], 3
-            ),
+            "grid_10_steps_per_s": round(rate("grid_10"), 2),
+            "grid_10000_steps_per_s": round(rate("grid_10000"), 2),
+            "grid_step_time_ratio_10000_vs_10": round(paired("grid_10000", "grid_10"), 3),
+            "grid_10_plumed_ms_per_step": round(plumed_ms("grid_10"), 4),
+            "grid_10000_plumed_ms_per_step": round(plumed_ms("grid_10000"), 4),
+            "nogrid_10_plumed_ms_per_step": round(plumed_ms("nogrid_10"), 4),
+            "nogrid_10000_plumed_ms_per_step": round(plumed_ms("nogrid_10000"), 4),
+            "nogrid_step_time_ratio_10000_vs_10": round(paired("nogrid_10000", "nogrid_10"), 3),
         },
         "load_average_1min_at_end": round(os.getloadavg()[0], 2),
-        "all": {k: [round(v, 4) for v in vs] for k, vs in rates.items()},
         "workdir": str(workdir),
     }
     json.dump(result, sys.stdout, indent=2)
