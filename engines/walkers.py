@@ -353,7 +353,7 @@ def run_segment(
         atoms.calc = biased
         cv_memory = _cv_memory(biased, cv_names)
 
-        log = stack.enter_context(Path(workdir / LOG_NAME).open("w"))
+        log = stack.enter_context(Path(workdir / LOG_NAME).open("w", buffering=1))
         trajectory = (
             stack.enter_context(TrajectoryWriter(str(workdir / TRAJECTORY_NAME), "w"))
             if settings.trajectory_stride
