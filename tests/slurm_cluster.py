@@ -174,7 +174,7 @@ JobCompType=jobcomp/filetxt
 JobCompLoc={root / "log" / "jobcomp.txt"}
 SchedulerType=sched/backfill
 KillWait=2
-MinJobAge=600
+MinJobAge=3600
 InactiveLimit=0
 NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={max(1, memory_mb // 2)} \
 State=UNKNOWN
@@ -234,6 +234,20 @@ PartitionName={self.partition} Nodes=localhost Default=YES MaxTime=INFINITE Stat
         return "\n".join(parts)
 
     # ---- stop ----------------------------------------------------------------------------------
+
+    def job_processes(self, name: str | None = None) -> list[int]:
+        """PIDs of processes running in our jobs (optionally only those named ``name``)."""
+        pids = self._job_processes()
+        if name is None:
+            return pids
+        found = []
+        for pid in pids:
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == name:
+                    found.append(pid)
+            except OSError:
+                continue
+        return found
 
     def _job_processes(self) -> list[int]:
         """PIDs of processes started for our jobs (they carry our SLURM_CONF)."""
