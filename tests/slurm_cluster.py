@@ -28,9 +28,10 @@ from pathlib import Path
 
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "srun")
 PARTITION = "debug"
-#: CPUs slurmd announces. More than the 2 real cores (config_overrides) so that a block per
-#: task kind can run at once; tests here check orchestration, not speed.
-NODE_CPUS = 4
+#: CPUs slurmd announces. More than the real cores (config_overrides) so that a block per
+#: task kind can run at once, and an idle block never holds up another kind's; tests here
+#: check orchestration, not speed.
+NODE_CPUS = 8
 
 
 def why_unavailable() -> str | None:

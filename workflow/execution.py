@@ -237,6 +237,7 @@ class Execution:
             run_dir=str(self.run_dir / ".hillwalker" / "parsl"),
             strategy="htex_auto_scale",
             strategy_period=STRATEGY_PERIOD,
+            max_idletime=self.site.block_idle_seconds,
             usage_tracking=0,
         )
 

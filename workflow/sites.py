@@ -229,6 +229,14 @@ class SiteProfile(_Model):
             "cluster to spare the scheduler."
         ),
     )
+    block_idle_seconds: float = Field(
+        default=120,
+        gt=0,
+        description=(
+            "Seconds a block may sit idle before it is released (above blocks.min). Short "
+            "values free nodes between stages; long ones save the queue wait of a new block."
+        ),
+    )
     interchange_address: str | None = Field(
         default=None,
         description=(

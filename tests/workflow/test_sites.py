@@ -94,6 +94,7 @@ def test_cluster_profile_becomes_parsl_executors(tmp_path: Path) -> None:
     executors = {ex.label: ex for ex in config.executors}
     assert set(executors) == {"slurm-md", "slurm-dft", "slurm-train"}
     assert config.retries == 2
+    assert config.max_idletime == 120
     assert config.run_dir == str(tmp_path / ".hillwalker" / "parsl")
     dft = executors["slurm-dft"]
     assert dft.max_workers_per_node == 4  # 64 cores // 16 per single point

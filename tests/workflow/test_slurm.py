@@ -234,6 +234,8 @@ def test_a_campaign_runs_on_slurm_and_survives_a_cancelled_block(
         "retries": 2,
         "heartbeat_threshold": 4,
         "status_poll_seconds": 2,
+        # release blocks soon after their stage, as a cluster user would want
+        "block_idle_seconds": 10,
         "tasks": {
             "md": slurm_task(slurm_cluster, cores_per_node=2),
             "dft": slurm_task(slurm_cluster, cp2k={"command": ["cp2k.psmp"]}),
