@@ -289,6 +289,7 @@ def run_segment(
         hills_at_start = 0
         record_path: Path | None = None
         if bias != "none":
+            _check_walker_count(bias_dir, n_walkers, bias)
             init_bias_dir(bias_dir, n_walkers)
             stack.enter_context(_walker_lock(bias_dir, walker))
             own_hills = hills_file(bias_dir, walker)
@@ -761,6 +762,19 @@ def _walker_lock(bias_dir: Path, walker: int) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _check_walker_count(bias_dir: Path, n_walkers: int, bias: str) -> None:
+    """PLUMED reads HILLS.0 … HILLS.<n-1> only: hills of walkers beyond would silently drop out."""
+    if bias != "shared":
+        return
+    for path in hills_files(bias_dir):
+        walker = int(path.name.rsplit(".", 1)[1])
+        if walker >= n_walkers and count_hills(path):
+            raise WalkerError(
+                f"{path} holds hills of walker {walker}, but n_walkers is {n_walkers}: the shared "
+                "bias would lose them; keep n_walkers or merge the hills first"
+            )
 
 
 def _recorded_step(record_path: Path, generation: int) -> int:

@@ -224,6 +224,21 @@ def test_killed_segment_rerun_does_not_duplicate_hills(tmp_path: Path) -> None:
     assert count_hills(hills) == 40
 
 
+def test_fewer_walkers_than_hills_files_is_refused(tmp_path: Path) -> None:
+    bias = tmp_path / "bias"
+    settings = WalkerSettings(temperature=60.0, timestep_fs=5.0, steps=20)
+    run_segment(
+        trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "w2", walker=2, generation=1,
+        n_walkers=3, bias_dir=bias, settings=settings, seed=1,
+    )  # fmt: skip
+    assert count_hills(bias / "HILLS.2") == 4
+    with pytest.raises(WalkerError, match=r"HILLS\.2 holds hills of walker 2, but n_walkers is 2"):
+        run_segment(
+            trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "w0", walker=0, generation=2,
+            n_walkers=2, bias_dir=bias, settings=settings, seed=1,
+        )  # fmt: skip
+
+
 def test_a_running_walker_is_locked(tmp_path: Path) -> None:
     bias = tmp_path / "bias"
     done = tmp_path / "release"
