@@ -408,47 +408,67 @@ class HillsData:
         return self.select(self.times < time - 1e-9)
 
 
-def _parse_hills_file(path: Path, walker: int) -> tuple[list[str], dict[str, str], np.ndarray]:
-    fields: list[str] | None = None
+def _parse_hills_file(path: Path) -> tuple[tuple[str, ...], dict[str, str], np.ndarray]:
+    """``(cv names, SET values, rows of [time, centres…, sigmas…, height, biasf])``.
+
+    A file may hold blocks with different FIELDS (e.g. the ``clock`` column PLUMED adds for
+    multiple walkers): each block is mapped by its own header, as PLUMED reads it.
+    """
+    cv_names: tuple[str, ...] | None = None
+    columns: list[int] = []
+    n_fields = 0
     sets: dict[str, str] = {}
     rows: list[list[float]] = []
     try:
         text = path.read_text()
     except OSError as exc:
         raise HillsError(f"{path}: cannot read ({exc})") from exc
-    lines = text.split("\n")
     # a last line without its newline is being written (or was cut by a kill): not a hill yet
-    complete = lines[:-1]
+    complete = text.split("\n")[:-1]
     for number, line in enumerate(complete, start=1):
         if not line.strip():
             continue
         if line.startswith("#!"):
             words = line.split()
             if len(words) >= 3 and words[1] == "FIELDS":
-                new = words[2:]
-                if fields is not None and new != fields:
-                    raise HillsError(f"{path}, line {number}: FIELDS change from {fields} to {new}")
-                fields = new
+                fields = words[2:]
+                names = _cv_names(fields, path, number)
+                if cv_names is not None and names != cv_names:
+                    raise HillsError(
+                        f"{path}, line {number}: CVs change from {cv_names} to {names}"
+                    )
+                cv_names, n_fields = names, len(fields)
+                idx = {name: i for i, name in enumerate(fields)}
+                columns = [
+                    idx["time"],
+                    *(idx[c] for c in names),
+                    *(idx[f"sigma_{c}"] for c in names),
+                    idx["height"],
+                    idx.get("biasf", -1),
+                ]
             elif len(words) >= 4 and words[1] == "SET":
                 sets[words[2]] = words[3]
             continue
         if line.startswith("#"):
             continue
-        if fields is None:
+        if cv_names is None:
             raise HillsError(f"{path}, line {number}: a hill before the '#! FIELDS' header")
         values = line.split()
-        if len(values) != len(fields):
+        if len(values) != n_fields:
             raise HillsError(
-                f"{path}, line {number}: {len(values)} columns, the header names {len(fields)}"
+                f"{path}, line {number}: {len(values)} columns, the header names {n_fields}"
             )
         try:
-            rows.append([float(v) for v in values])
+            numbers = [float(v) for v in values]
         except ValueError as exc:
             raise HillsError(f"{path}, line {number}: not a number ({exc})") from exc
+        # no biasf column: not well-tempered (PLUMED writes -1 then)
+        rows.append([numbers[c] if c >= 0 else -1.0 for c in columns])
     if sets.get("multivariate", "false") != "false":
         raise HillsError(f"{path}: multivariate hills are not supported")
-    array = np.array(rows, dtype=float).reshape(len(rows), len(fields or []))
-    return fields or [], sets, array
+    names_found = cv_names or ()
+    table = np.array(rows, dtype=float).reshape(len(rows), 2 * len(names_found) + 3)
+    return names_found, sets, table
 
 
 def read_hills(path: str | os.PathLike[str]) -> HillsData:
@@ -465,25 +485,14 @@ def read_hills(path: str | os.PathLike[str]) -> HillsData:
     sets_all: dict[str, str] = {}
     parts: list[tuple[np.ndarray, int]] = []
     for walker, f in files:
-        fields, sets, array = _parse_hills_file(f, walker)
-        if not fields:
+        names, sets, table = _parse_hills_file(f)
+        if not names:
             continue
-        names = _cv_names(fields, f)
         if cv_names is not None and names != cv_names:
             raise HillsError(f"{f}: CVs {names} differ from {cv_names} in the other files")
         cv_names = names
         sets_all.update(sets)
-        idx = {name: i for i, name in enumerate(fields)}
-        cols = [
-            idx["time"],
-            *(idx[c] for c in names),
-            *(idx[f"sigma_{c}"] for c in names),
-            idx["height"],
-            idx.get("biasf", -1),
-        ]
-        picked = array[:, cols[:-1]]
-        biasf = array[:, cols[-1]] if cols[-1] >= 0 else -np.ones(len(array))
-        parts.append((np.column_stack([picked, biasf]), walker))
+        parts.append((table, walker))
     names_t = cv_names or ()
     d = len(names_t)
     if parts:
@@ -526,12 +535,14 @@ def _set_number(text: str) -> float:
     return (-1.0 if m.group(1) == "-" else 1.0) * factor * math.pi
 
 
-def _cv_names(fields: Sequence[str], path: Path) -> tuple[str, ...]:
+def _cv_names(fields: Sequence[str], path: Path, number: int) -> tuple[str, ...]:
     if "time" not in fields or "height" not in fields:
-        raise HillsError(f"{path}: FIELDS {list(fields)} lack 'time' or 'height'")
+        raise HillsError(f"{path}, line {number}: FIELDS {list(fields)} lack 'time' or 'height'")
     names = tuple(f for f in fields[1:] if f"sigma_{f}" in fields)
     if not names:
-        raise HillsError(f"{path}: FIELDS {list(fields)} name no CV with a sigma_ column")
+        raise HillsError(
+            f"{path}, line {number}: FIELDS {list(fields)} name no CV with a sigma_ column"
+        )
     return names
 
 

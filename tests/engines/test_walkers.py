@@ -173,6 +173,30 @@ def test_bias_continues_across_generations(tmp_path: Path) -> None:
     assert np.all(np.diff(read_hills(bias).times) > 0)
 
 
+def test_going_from_one_walker_to_two_keeps_the_hills(tmp_path: Path) -> None:
+    # PLUMED adds a 'clock' column for multiple walkers: the file then has two FIELDS blocks
+    bias = tmp_path / "bias"
+    settings = WalkerSettings(temperature=60.0, timestep_fs=5.0, steps=52)
+    common = {"bias_dir": bias, "settings": settings, "seed": 1}
+    one = run_segment(
+        trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "g1", walker=0, generation=1,
+        n_walkers=1, **common,
+    )  # fmt: skip
+    two = run_segment(
+        one.state_path, PausingLJ(), PLUMED_INPUT, tmp_path / "g2", walker=0, generation=2,
+        n_walkers=2, **common,
+    )  # fmt: skip
+    text = (bias / "HILLS.0").read_text()
+    assert "clock" in text and text.count("#! FIELDS") == 2
+    hills = read_hills(bias)
+    assert len(hills) == count_hills(bias) == 20
+    assert two.bias_start == pytest.approx(one.final.info["bias"], abs=1e-9)
+    cv = one.final.info["cv"]["d"]
+    assert bias_from_hills(hills.before(52 * 0.005), cv)[0] == pytest.approx(
+        two.bias_start, abs=1e-6
+    )
+
+
 def test_killed_segment_rerun_does_not_duplicate_hills(tmp_path: Path) -> None:
     bias = tmp_path / "bias"
     workdir = tmp_path / "w0"
