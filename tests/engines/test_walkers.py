@@ -173,6 +173,22 @@ def test_bias_continues_across_generations(tmp_path: Path) -> None:
     assert np.all(np.diff(read_hills(bias).times) > 0)
 
 
+def test_bias_on_a_grid_continues_across_generations(tmp_path: Path) -> None:
+    # the MIL-53 template biases on a grid: restarting rebuilds it from the files
+    text = PLUMED_INPUT.replace("PACE=5", "PACE=5 GRID_MIN=0.2 GRID_MAX=1.2 GRID_BIN=2000")
+    bias = tmp_path / "bias"
+    settings = WalkerSettings(temperature=60.0, timestep_fs=5.0, steps=103)
+    common = {"walker": 0, "n_walkers": 2, "bias_dir": bias, "settings": settings}
+    first = run_segment(
+        trimer(), PausingLJ(), text, tmp_path / "g1", generation=1, seed=1, **common
+    )
+    second = run_segment(
+        first.state_path, PausingLJ(), text, tmp_path / "g2", generation=2, seed=2, **common
+    )
+    assert first.hills_added == 20 and first.final.info["bias"] > 0.5 * KJ_PER_MOL
+    assert second.bias_start == pytest.approx(first.final.info["bias"], abs=1e-9)
+
+
 def test_going_from_one_walker_to_two_keeps_the_hills(tmp_path: Path) -> None:
     # PLUMED adds a 'clock' column for multiple walkers: the file then has two FIELDS blocks
     bias = tmp_path / "bias"
