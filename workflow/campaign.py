@@ -259,10 +259,15 @@ class CampaignRun:
         return dict(sorted(out.items()))
 
     def _count_labels(self, out: dict[int, Atoms]) -> None:
-        records = self.dir.records("single_point")
+        # records of all generations, plus results whose record a callback is still writing
+        status = {r["key"]: r["status"] for r in self.dir.records("single_point")}
+        for frame in out.values():
+            status[str(frame.info.get("task_id", "")).removeprefix("sp-")] = frame.info.get(
+                "status"
+            )
         self._report(
-            single_points_done=sum(r["status"] == DONE for r in records),
-            single_points_failed=sum(r["status"] == FAILED for r in records),
+            single_points_done=sum(s == DONE for s in status.values()),
+            single_points_failed=sum(s == FAILED for s in status.values()),
         )
 
     def _collect(self, g: int, labeled: dict[int, Atoms]) -> None:
