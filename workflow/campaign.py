@@ -667,6 +667,10 @@ def run_campaign(
         root = _smoke_dir(root, cfg)
         cfg = load_campaign(root)
     preflight(root)
+    if site is not None:
+        # a single point may run up to labeling.timeout: refuse before submitting anything if
+        # a dft block could not hold one, instead of SLURM killing it silently at the limit
+        site.check_task_fits("dft", cfg.labeling.timeout)
     cdir = CampaignDir(root)
     with cdir.locked():
         handler = _file_log(cdir.log)
