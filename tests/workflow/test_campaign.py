@@ -27,11 +27,23 @@ TINY = {
         "nequip": "nequip.yaml",
     },
     "generation0": {"frames": 4, "position_sigma": 0.03, "cell_strain": 0.02},
-    "walkers": {"count": 2, "ensemble": "npt", "temperature": 300.0, "timestep": 0.5,
-                "steps": 60, "bias": "shared"},
-    "training": {"mode": "warm", "epochs": 4, "warm_epochs": 2, "validation_fraction": 0.25,
-                 "overrides": {"num_features": 8, "batch_size": 2}},
+    "walkers": {
+        "count": 2,
+        "ensemble": "npt",
+        "temperature": 300.0,
+        "timestep": 0.5,
+        "steps": 60,
+        "bias": "shared",
+    },
+    "training": {
+        "mode": "warm",
+        "epochs": 4,
+        "warm_epochs": 2,
+        "validation_fraction": 0.25,
+        "overrides": {"num_features": 8, "batch_size": 2},
+    },
     "stop": {"generations": 2},
+    "labeling": {"timeout": 600.0},
     "seed": 7,
 }
 
@@ -77,14 +89,17 @@ def test_two_generations_end_to_end(tmp_path):
         assert m.compiled.is_file() and m.package.is_file()
     out = subprocess.run(
         [HILLWALKER, "evaluate", str(models[-1].compiled), str(root / "dataset.extxyz"), "--json"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["n_frames"] == len(dataset)
 
     status = json.loads(
-        subprocess.run([HILLWALKER, "status", str(root), "--json"], capture_output=True, text=True,
-                       check=True).stdout
+        subprocess.run(
+            [HILLWALKER, "status", str(root), "--json"], capture_output=True, text=True, check=True
+        ).stdout
     )
     assert status["generations_done"] == 3
     assert status["state"] == "finished"
@@ -98,3 +113,36 @@ def test_two_generations_end_to_end(tmp_path):
     after = sorted(p.name for p in (root / ".hillwalker/tasks/single_point").glob("*.json"))
     assert before == after
     assert seen[-1] == 4 + 2 * 2 + 2 * 2 + 3  # single points + walkers + trainings
+
+
+def test_a_single_point_longer_than_the_block_is_refused_before_submitting(tmp_path):
+    root = make_campaign(tmp_path / "c", labeling={"timeout": 1800.0})
+    site = tmp_path / "short.yaml"
+    site.write_text(
+        yaml.safe_dump(
+            {
+                "name": "short",
+                "tasks": {
+                    "dft": {
+                        "provider": "slurm",
+                        "partition": "debug",
+                        "walltime": "00:10:00",
+                        "cores_per_node": 2,
+                        "cores_per_task": 1,
+                    },
+                    "md": {"provider": "local"},
+                    "train": {"provider": "local"},
+                },
+            }
+        )
+    )
+    out = subprocess.run(
+        [HILLWALKER, "run", str(root), "--site", str(site)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 1
+    assert "tasks.dft.walltime=00:10:00 (600 s)" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (root / ".hillwalker" / "tasks").exists()  # nothing was submitted
