@@ -6,7 +6,9 @@ Trains the template's default model size (r 5 Å, l_max 1, 2 layers x 32 feature
 GFN1-xTB frames of tests/data for a few epochs, AOTInductor-compiles it, and runs the 38-atom cell
 with plain ASE MD (VelocityVerlet and Langevin) on the compiled and on the eager model. With a
 CUDA GPU the same is measured on the GPU. Prints one JSON object. The machine's load average is
-included: timings on a shared machine are only as good as its idleness.
+included: timings on a shared machine are only as good as its idleness. On 2 cores that other
+work also uses, 2 torch threads spin against each other (MD fell to ~2 steps/s, epochs to
+20-65 s); compare with --threads 1.
 """
 
 from __future__ import annotations
