@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import ctypes
 import functools
 import hashlib
 import io
@@ -23,7 +22,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -48,6 +46,7 @@ from hillwalker.engines.cp2k_failures import (
     set_path,
 )
 from hillwalker.engines.cp2k_output import Cp2kOutput, parse_output
+from hillwalker.engines.processes import die_with_parent
 from hillwalker.files import atomic_write_json, atomic_write_text
 
 __all__ = [
@@ -655,7 +654,7 @@ def _run_cp2k(
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         except OSError as exc:
             return _Run(None, False, Cp2kOutput(), out, f"cannot start {argv[0]!r}: {exc}")
@@ -672,21 +671,6 @@ def _run_cp2k(
     stdout = (work / f"{stem}.stdout").read_text(errors="replace")
     tail = " | ".join(line.strip() for line in stdout.strip().splitlines()[-3:])
     return _Run(proc.returncode, timed_out, parse_output(text), out, tail, seconds)
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it when the process that started it dies.
-
-    CP2K runs in its own session (so a timeout can kill its whole group), which also shields it
-    from the signals that end a killed worker's group; without this, a worker killed by Parsl
-    or SLURM would leave CP2K running on in a directory that a rerun of the task reuses.
-    """
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

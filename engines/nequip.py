@@ -50,6 +50,7 @@ from ase.data import atomic_numbers
 from ase.units import GPa
 
 from hillwalker.dataset import STATUS_FAILED, DatasetError, label, labels, read_frames, write_frames
+from hillwalker.engines.processes import die_with_parent
 from hillwalker.files import atomic_write_json, atomic_write_text
 
 PACKAGE_NAME = "model.nequip.zip"
@@ -864,7 +865,12 @@ def _run_logged(
         handle.write("$ " + " ".join(command) + "\n")
         handle.flush()
         process = subprocess.Popen(
-            command, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,  # a killed worker takes its training with it
         )
         try:
             code = process.wait()
