@@ -51,7 +51,7 @@ def test_user_plumed_kernel_wins_and_a_wrong_one_is_named(tmp_path, monkeypatch)
     monkeypatch.setenv("PLUMED_KERNEL", str(own))
     assert find_kernel() == own
     monkeypatch.setenv("PLUMED_KERNEL", str(tmp_path / "nope.so"))
-    with pytest.raises(PlumedKernelError, match="nope.so does not exist"):
+    with pytest.raises(PlumedKernelError, match=r"nope\.so does not exist"):
         find_kernel()
 
 

@@ -141,7 +141,7 @@ class CampaignRun:
         self._report(generation=g, stage="exploring", walkers_done=0, walkers_total=w.count)
         self.dir.bias.mkdir(parents=True, exist_ok=True)
         walker_futures: dict[cf.Future[Any], int] = {}
-        label_futures: dict[int, cf.Future[Atoms] | Atoms] = {}
+        label_futures: dict[int, cf.Future[Any] | Atoms] = {}
         segments: dict[int, dict[str, Any]] = {}
         for i in range(w.count):
             done, fut = self._explore(g, i, model)
@@ -185,7 +185,7 @@ class CampaignRun:
     # ---- labeling ----------------------------------------------------------------------------
     def _label(
         self, frame: Atoms, *, generation: int, index: int, walker: int | None = None
-    ) -> cf.Future[Atoms] | Atoms:
+    ) -> cf.Future[Any] | Atoms:
         """Submit a single point unless its record says it is finished (done or failed)."""
         key = task_key("single_point", frame_digest(frame), self._level.digest())
         self.progress.single_points_total += 1
@@ -239,7 +239,7 @@ class CampaignRun:
         assert record is not None
         return read_frames(self.dir.root / record["result"])[-1]
 
-    def _wait_labels(self, futures: dict[int, cf.Future[Atoms] | Atoms]) -> dict[int, Atoms]:
+    def _wait_labels(self, futures: dict[int, cf.Future[Any] | Atoms]) -> dict[int, Atoms]:
         out: dict[int, Atoms] = {}
         pending = {f: i for i, f in futures.items() if isinstance(f, cf.Future)}
         for i, f in futures.items():

@@ -157,7 +157,7 @@ def check_module(name: str, dist: str | None = None, *, required: bool = True) -
         True,
         required=required,
         version=version,
-        path=str(Path(module.__file__).parent) if getattr(module, "__file__", None) else None,
+        path=str(Path(module.__file__).parent) if module.__file__ else None,
     )
 
 

@@ -75,5 +75,5 @@ def test_unlabeled_and_bad_inputs(tmp_path):
         read_frames(tmp_path / "missing.extxyz")
     bad = tmp_path / "bad.extxyz"
     bad.write_text("3\nnot an extxyz header\nAl 0 0\n")
-    with pytest.raises(DatasetError, match="bad.extxyz"):
+    with pytest.raises(DatasetError, match=r"bad\.extxyz"):
         read_frames(bad)
