@@ -51,7 +51,7 @@ from ase.units import GPa
 
 from hillwalker.dataset import STATUS_FAILED, DatasetError, label, labels, read_frames, write_frames
 from hillwalker.engines.processes import die_with_parent
-from hillwalker.files import atomic_write_json, atomic_write_text
+from hillwalker.files import atomic_write_json, atomic_write_text, file_digest
 
 PACKAGE_NAME = "model.nequip.zip"
 COMPILED_NAME = "model.nequip.pt2"
@@ -779,16 +779,8 @@ def _fingerprint(
         digest.update(path.read_bytes())
     digest.update("\n".join(overrides).encode())
     if package_from is not None:
-        digest.update(_file_sha256(package_from).encode())
+        digest.update(file_digest(package_from).encode())
     digest.update(f"compile={compile} device={device}".encode())
-    return digest.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
     return digest.hexdigest()
 
 

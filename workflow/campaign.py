@@ -27,12 +27,11 @@ from ase import Atoms
 from hillwalker import tasks
 from hillwalker.config import Campaign, load_campaign
 from hillwalker.dataset import read_frames, write_frames
-from hillwalker.files import atomic_write_json, atomic_write_text
+from hillwalker.files import atomic_write_json, atomic_write_text, file_digest
 from hillwalker.state import (
     DONE,
     FAILED,
     CampaignDir,
-    file_digest,
     frame_digest,
     reap_orphans,
     task_key,

@@ -9,12 +9,14 @@ File paths inside campaign.yaml are relative to the campaign directory.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 CAMPAIGN_FILE = "campaign.yaml"
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class ConfigError(ValueError):
@@ -168,13 +170,19 @@ def validation_problems(path: Path, exc: ValidationError) -> list[str]:
     return lines
 
 
-def load_campaign(directory: str | Path) -> Campaign:
-    """Read and validate ``<directory>/campaign.yaml``."""
-    path = Path(directory) / CAMPAIGN_FILE
+def load_model(path: Path, model: type[M], *, empty_ok: bool = False) -> M:
+    """Read a YAML file into a pydantic model; a :class:`ConfigError` naming file and keys."""
     data = read_yaml(path)
+    if data is None and empty_ok:
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: expected a mapping of keys at the top level"])
     try:
-        return Campaign.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(validation_problems(path, exc)) from None
+
+
+def load_campaign(directory: str | Path) -> Campaign:
+    """Read and validate ``<directory>/campaign.yaml``."""
+    return load_model(Path(directory) / CAMPAIGN_FILE, Campaign)

@@ -15,9 +15,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from hillwalker.config import ConfigError, read_yaml, validation_problems
+from hillwalker.config import ConfigError, load_model
 
 TASK_KINDS: tuple[str, ...] = ("md", "dft", "train")
 TaskKind = Literal["md", "dft", "train"]
@@ -286,16 +286,7 @@ def load_site(path: str | Path | None) -> SiteProfile:
     """Read and validate a site profile YAML; ``None`` gives the local default."""
     if path is None:
         return local_site()
-    path = Path(path)
-    data = read_yaml(path)
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError([f"{path}: expected a mapping of keys at the top level"])
-    try:
-        return SiteProfile.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(validation_problems(path, exc)) from None
+    return load_model(Path(path), SiteProfile, empty_ok=True)
 
 
 __all__ = [
