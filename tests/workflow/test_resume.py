@@ -132,8 +132,9 @@ def kill_when(proc: subprocess.Popen, condition, what: str, timeout: float = 900
 def walker_step(root: Path, g: int) -> int:
     log = root / f"generations/{g:03d}/walkers/w0/walker.log"
     try:
-        lines = log.read_text().strip().splitlines()
-        return int(lines[-1].split()[0]) - int(lines[0].split()[0])
+        steps = [line.split()[0] for line in log.read_text().splitlines() if line.strip()]
+        steps = [int(s) for s in steps if not s.startswith("#")]
+        return steps[-1] - steps[0]
     except (OSError, IndexError, ValueError):
         return 0
 
