@@ -463,6 +463,7 @@ class CampaignRun:
                     f"training of generation {g} failed: {exc}. Its log is in {out_dir}; after "
                     "fixing the cause, run again: finished work is kept."
                 ) from exc
+        self._intervals.append(("train", *result["interval"]))
         rel = {
             k: str(Path(result[k]).relative_to(self.dir.root))
             for k in ("package", "compiled", "directory")
