@@ -4,6 +4,7 @@ does the work, and turns the known errors of that module into one clear line and
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -326,7 +327,14 @@ def label_command(
     )
 
 
+def _terminate(signum: int, frame: object) -> None:
+    # SIGTERM (kill, scancel of the job running hillwalker) unwinds like Ctrl-C, so every
+    # `finally` runs: Parsl's interchange, workers and SLURM blocks are cleaned up
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except KeyboardInterrupt:

@@ -146,3 +146,25 @@ def test_a_single_point_longer_than_the_block_is_refused_before_submitting(tmp_p
     assert "tasks.dft.walltime=00:10:00 (600 s)" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (root / ".hillwalker" / "tasks").exists()  # nothing was submitted
+
+
+def test_sigterm_stops_the_run_and_leaves_no_parsl_process(tmp_path):
+    import signal
+    import time
+
+    from hillwalker.state import _mentions, _process_parents
+
+    root = make_campaign(tmp_path / "c")
+    proc = subprocess.Popen(
+        [HILLWALKER, "run", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 300
+    while not (root / ".hillwalker/tasks/single_point").is_dir():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    parsl_dir = str(root / ".hillwalker" / "parsl")
+    time.sleep(1)
+    assert [p for p in _process_parents() if _mentions(p, parsl_dir)] == []
+    assert not (root / ".hillwalker/lock").exists()
