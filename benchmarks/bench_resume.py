@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import resources
 from pathlib import Path
 
 import yaml
+
+from hillwalker.material_templates import new_from_template
 
 HILLWALKER = str(Path(sys.executable).parent / "hillwalker")
 CONFIG = {
@@ -54,8 +54,7 @@ CONFIG = {
 
 
 def make(root: Path) -> Path:
-    with resources.as_file(resources.files("hillwalker.templates") / "mil53-al") as src:
-        shutil.copytree(src, root)
+    new_from_template(root, "mil53-al")
     (root / "campaign.yaml").write_text(yaml.safe_dump(CONFIG))
     return root
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ import yaml
 from hillwalker.campaign import run_campaign
 from hillwalker.dataset import read_frames
 from hillwalker.engines.plumed import read_hills
+from hillwalker.material_templates import new_from_template
 
 HILLWALKER = str(Path(sys.executable).parent / "hillwalker")
 
@@ -49,9 +48,7 @@ TINY = {
 
 
 def make_campaign(root: Path, **changes) -> Path:
-    template = resources.files("hillwalker.templates") / "mil53-al"
-    with resources.as_file(template) as src:
-        shutil.copytree(src, root)
+    new_from_template(root, "mil53-al")
     config = json.loads(json.dumps(TINY))
     for section, values in changes.items():
         config[section].update(values)

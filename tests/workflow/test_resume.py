@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ import yaml
 
 from hillwalker.dataset import labels, read_frames
 from hillwalker.engines.plumed import read_hills
+from hillwalker.material_templates import new_from_template
 
 HILLWALKER = str(Path(sys.executable).parent / "hillwalker")
 
@@ -61,8 +60,7 @@ CONFIG = {
 
 
 def make(root: Path, calls: Path) -> tuple[Path, Path]:
-    with resources.as_file(resources.files("hillwalker.templates") / "mil53-al") as src:
-        shutil.copytree(src, root)
+    new_from_template(root, "mil53-al")
     (root / "campaign.yaml").write_text(yaml.safe_dump(CONFIG))
     wrapper = root.parent / f"{root.name}-cp2k"
     wrapper.write_text(f'#!/bin/sh\necho "$PWD" >> {calls}\nexec cp2k.psmp "$@"\n')
