@@ -32,6 +32,7 @@ import shlex
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -266,6 +267,8 @@ class Execution:
         config = self.parsl_config()
         try:
             self._dfk = DataFlowKernel(config)
+            for executor in self._dfk.executors.values():
+                _watch_interchange(executor)
         except BaseException:
             # no DFK to clean up: stop whatever executors (interchange, blocks) already started
             for executor in config.executors:
@@ -277,8 +280,17 @@ class Execution:
         """Stop interchange, workers and SLURM blocks. Safe to call twice."""
         dfk, self._dfk = self._dfk, None
         self._apps.clear()
-        if dfk is not None:
+        if dfk is None:
+            return
+        for executor in dfk.executors.values():
+            _stop_if_interchange_gone(executor)
+        try:
             dfk.cleanup()
+        except Exception:
+            # an interchange that died during the clean-up: stop the blocks without it
+            for executor in dfk.executors.values():
+                _cancel_blocks(executor)
+            raise
 
     # ---- work ----------------------------------------------------------------------------
 
@@ -407,3 +419,70 @@ def read_blocks(run_dir: str | Path, *, live_only: bool = False) -> list[dict[st
 
 
 __all__ = ["LIVE_STATES", "Execution", "blocks_file", "gpu_groups", "machine_cores", "read_blocks"]
+
+
+#: how long a command to the interchange may wait for its answer, s (answers take ms)
+INTERCHANGE_REPLY_TIMEOUT = 120.0
+
+
+class InterchangeGoneError(RuntimeError):
+    """Parsl's interchange process exited (or stopped answering)."""
+
+
+def _watch_interchange(executor: Any) -> None:
+    """Make every command to an HTEX interchange give up when the interchange is gone.
+
+    The interchange is a child process in hillwalker's process group: a signal to the whole
+    group (Ctrl-C in a terminal, ``kill -- -PGID``, ``timeout``, ``scancel`` of the job running
+    hillwalker) kills it along with hillwalker. Parsl's own command client then waits for its
+    answer for ever, in the status poller's thread or in the clean-up. Here a command waits in
+    short slices and stops as soon as the interchange process has exited. Tied to Parsl's
+    ``CommandClient`` (zmq_pipes.py, parsl 2026.10); left alone if that changes shape.
+    """
+    proc = getattr(executor, "interchange_proc", None)
+    client = getattr(executor, "command_client", None)
+    needed = ("zmq_socket", "_lock", "ok")
+    if proc is None or client is None or not all(hasattr(client, a) for a in needed):
+        return
+    import zmq
+
+    def run(message: Any, max_retries: int = 3, timeout_s: float | None = None) -> Any:
+        deadline = time.monotonic() + (timeout_s or INTERCHANGE_REPLY_TIMEOUT)
+        with client._lock:
+            if not client.ok or proc.poll() is not None:
+                raise InterchangeGoneError(f"Parsl interchange of {executor.label} is not running")
+            client.zmq_socket.send_pyobj(message, copy=True)
+            while not client.zmq_socket.poll(timeout=250, flags=zmq.POLLIN):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    client.ok = False  # a REQ socket without its reply is unusable
+                    raise InterchangeGoneError(
+                        f"Parsl interchange of {executor.label} did not answer {message!r}"
+                    )
+            return client.zmq_socket.recv_pyobj()
+
+    client.run = run
+
+
+def _stop_if_interchange_gone(executor: Any) -> None:
+    """A dead interchange's blocks are cancelled through the provider, and Parsl told to skip
+    it (a local block's process group is killed, a SLURM job scancel'd)."""
+    proc = getattr(executor, "interchange_proc", None)
+    if proc is None:
+        return
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=0.2)  # a group signal reaches it at the same moment as us
+    if proc.poll() is None:
+        return
+    _cancel_blocks(executor)
+    executor.set_bad_state_and_fail_all(
+        InterchangeGoneError(f"Parsl interchange of {executor.label} exited ({proc.returncode})")
+    )
+
+
+def _cancel_blocks(executor: Any) -> None:
+    provider = getattr(executor, "provider", None)
+    jobs = [j for j in getattr(executor, "blocks_to_job_id", {}).values() if j is not None]
+    if provider is None or not jobs:
+        return
+    with contextlib.suppress(Exception):
+        provider.cancel(jobs)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -145,23 +148,59 @@ def test_a_single_point_longer_than_the_block_is_refused_before_submitting(tmp_p
     assert not (root / ".hillwalker" / "tasks").exists()  # nothing was submitted
 
 
-def test_sigterm_stops_the_run_and_leaves_no_parsl_process(tmp_path):
-    import signal
-    import time
-
+@pytest.mark.parametrize(
+    "target, signum",
+    [
+        ("process", signal.SIGTERM),  # kill PID
+        ("group", signal.SIGINT),  # Ctrl-C in a terminal: the whole foreground group
+        ("group", signal.SIGTERM),  # kill -- -PGID, timeout(1), scancel of the job
+    ],
+)
+def test_a_signal_stops_the_run_and_leaves_no_parsl_process(tmp_path, target, signum):
+    """A group signal also kills Parsl's interchange: the clean-up must not wait for it."""
     from hillwalker.state import _mentions, _process_parents
 
     root = make_campaign(tmp_path / "c")
     proc = subprocess.Popen(
-        [HILLWALKER, "run", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        [HILLWALKER, "run", str(root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        # as in a terminal: a shell's background job (pytest under CI may be one) inherits an
+        # ignored SIGINT, which Python then keeps ignoring
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 300
     while not (root / ".hillwalker/tasks/single_point").is_dir():
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    time.sleep(1.0)  # CP2K runs
+    if target == "group":
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
+    try:
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert code == 128 + signum, proc.stderr.read() if proc.stderr else ""
     parsl_dir = str(root / ".hillwalker" / "parsl")
     time.sleep(1)
     assert [p for p in _process_parents() if _mentions(p, parsl_dir)] == []
+    assert not _cp2k_running_in(root)
     assert not (root / ".hillwalker/lock").exists()
+
+
+def _cp2k_running_in(root: Path) -> bool:
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if cwd.startswith(str(root)) and b"cp2k" in (proc / "cmdline").read_bytes():
+            return True
+    return False
