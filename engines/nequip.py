@@ -290,6 +290,13 @@ def train(
     train_seconds = time.perf_counter() - t0
 
     history = _read_json(out_dir / PROGRESS_NAME).get("history", [])
+    diverged = diverged_epoch(history)
+    if diverged is not None:
+        raise ModelError(
+            f"{out_dir / PROGRESS_NAME}: training diverged at epoch {diverged['epoch']}: "
+            f"validation force RMSE {diverged.get('val_forces_rmse')} eV/Å (learning_rate "
+            f"{settings.learning_rate}). Lower learning_rate and train again; no model was made."
+        )
     ckpt = run_dir / ("best.ckpt" if settings.checkpoint == "best" else "last.ckpt")
     if not ckpt.is_file():
         raise ModelError(f"{out_dir / 'train.log'}: nequip-train wrote no {ckpt.name}")
@@ -409,6 +416,21 @@ def _partial(out: Path) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+#: a validation force RMSE above this (eV/Å) or not finite: the training has diverged
+DIVERGED_FORCE_RMSE = 1e6
+
+
+def diverged_epoch(history: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first epoch whose validation force error is NaN, infinite or absurd, if any."""
+    for entry in history:
+        value = entry.get("val_forces_rmse")
+        if value is None:
+            continue
+        if not (isinstance(value, int | float) and abs(value) <= DIVERGED_FORCE_RMSE):
+            return dict(entry)
+    return None
+
+
 def progress_callback(path: str) -> Any:
     """A Lightning callback (built by hydra from the template) that writes ``path`` each epoch.
 
@@ -448,6 +470,10 @@ def progress_callback(path: str) -> Any:
                 entry["lr"] = float(optimizers[0].param_groups[0]["lr"])
             self.history = [h for h in self.history if h["epoch"] < entry["epoch"]]
             self.history.append(entry)
+            if diverged_epoch([entry]) is not None:
+                # NaN (or runaway) weights stay so: stop now, train() reports it
+                entry["diverged"] = True
+                trainer.should_stop = True
             _write_progress(
                 self.path.parent,
                 stage="training",

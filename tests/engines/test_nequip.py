@@ -179,6 +179,22 @@ def test_frames_without_stress_still_train(stress, mil53_frames_path, tmp_path):
     assert all(("val_stress_rmse" in h) is (stress == "some") for h in m["history"])
 
 
+@pytest.mark.slow
+def test_a_diverging_training_stops_at_once_and_says_so(mil53_frames_path, tmp_path):
+    """A learning rate that blows the weights up: NaN errors end the run, no model is made."""
+    data = tmp_path / "frames.extxyz"
+    write_frames(data, read_frames(mil53_frames_path)[::8])
+    settings = TrainSettings.from_template(
+        None, epochs=6, num_features=8, num_layers=1, learning_rate=1e300
+    )
+    with pytest.raises(ModelError, match=r"progress\.json: training diverged at epoch 1") as err:
+        train(data, tmp_path / "m", settings=settings, device="cpu", compile=False, threads=1)
+    assert "validation force RMSE nan" in str(err.value) and "learning_rate" in str(err.value)
+    history = json.loads((tmp_path / "m/progress.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1] and history[0]["diverged"] is True
+    assert not (tmp_path / "m/model.nequip.zip").exists()
+
+
 def test_training_input_errors_name_the_file(tmp_path):
     empty = tmp_path / "empty.extxyz"
     empty.write_text("")
