@@ -357,7 +357,18 @@ class CampaignRun:
         }
         self.dir.save_record("walker", key, record)
         for event in summary.get("events", []):
-            log.warning("generation %d walker %d: %s", g, i, event)
+            if event.get("kind") == "blow_up":
+                reset = event.get("reset_to") or f"step {event.get('reset_to_step')}"
+                log.warning(
+                    "generation %d walker %d blew up at step %s (%s); reset to %s",
+                    g,
+                    i,
+                    event.get("step"),
+                    event.get("reason"),
+                    reset,
+                )
+            else:
+                log.warning("generation %d walker %d: %s", g, i, event)
         return {**record, "final_frame": final}
 
     def _update_walker_states(
@@ -688,10 +699,26 @@ def run_campaign(
                 return runner.run(ex)
         except BaseException as exc:
             log.error("run stopped: %s: %s", type(exc).__name__, exc)
+            _note_stop(cdir, exc)
             raise
         finally:
             logging.getLogger("hillwalker").removeHandler(handler)
             handler.close()
+
+
+def _note_stop(cdir: CampaignDir, exc: BaseException) -> None:
+    """Why the run stopped, for `status` (run.json; the next run's first report clears it)."""
+    if isinstance(exc, KeyboardInterrupt | SystemExit):
+        why = f"interrupted ({type(exc).__name__}{f' {exc}' if str(exc) else ''})"
+    else:
+        why = str(exc) or type(exc).__name__
+    path = cdir.state / "run.json"
+    try:
+        run = json.loads(path.read_text())
+    except (OSError, ValueError):
+        run = {}
+    if isinstance(run, dict):
+        atomic_write_json(path, {**run, "stopped_by": why})
 
 
 def preflight(root: Path) -> None:

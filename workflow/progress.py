@@ -91,8 +91,18 @@ def print_status(report: dict[str, Any]) -> None:
     console.print(
         f"wall time: MD {wt['md']:.0f} s, single points {wt['dft']:.0f} s, training {wt['train']:.0f} s"
     )
+    for b in report.get("walker_blow_ups", []):
+        reset = b.get("reset_to") or f"step {b.get('reset_to_step')}"
+        console.print(
+            f"walker {b['walker']} of generation {b['generation']} blew up at step "
+            f"{b.get('step')} ({b.get('reason')}); reset to {reset}"
+        )
+    for t in report.get("failed_trainings", []):
+        console.print(f"[red]training of generation {t['generation']} failed:[/red] {t['error']}")
     redo = {k: v for k, v in report.get("will_redo", {}).items() if v}
     if report["state"] == "interrupted":
+        if report.get("stopped_by"):
+            console.print(f"stopped by: {report['stopped_by']}")
         console.print(f"interrupted; the next run redoes only unfinished tasks: {redo or 'none'}")
 
 

@@ -63,6 +63,21 @@ def campaign_status(directory: str | Path) -> dict[str, Any]:
         "walker": sum(key not in walker_done for key in started_walkers),
         "train": sum(g not in trained for g in started_models),
     }
+    failed_trainings = [
+        {"generation": r.get("generation"), "error": r.get("error")}
+        for r in trains
+        if r["status"] == FAILED and r.get("generation") not in trained
+    ]
+    blow_ups = [
+        {
+            "generation": w.get("generation"),
+            "walker": w.get("walker"),
+            **{k: e.get(k) for k in ("step", "reason", "reset_to", "reset_to_step") if k in e},
+        }
+        for w in sorted(walkers, key=lambda w: (w.get("generation", 0), w.get("walker", 0)))
+        for e in w.get("events") or []
+        if e.get("kind") == "blow_up"
+    ]
     return {
         "directory": str(cdir.root),
         "generations_done": len(models),
@@ -84,6 +99,9 @@ def campaign_status(directory: str | Path) -> dict[str, Any]:
         if running
         else ("finished" if finished else ("interrupted" if run else "new")),
         "last_progress": run,
+        "stopped_by": run.get("stopped_by") if not running else None,
+        "failed_trainings": failed_trainings,
+        "walker_blow_ups": blow_ups,
         "will_redo": unfinished if not running else {},
         "dataset": str(cdir.dataset),
         "slurm_blocks": _slurm_blocks(cdir),

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from test_campaign import make_campaign
@@ -96,19 +97,28 @@ def test_crashed_and_hung_single_points_are_recorded_and_the_campaign_goes_on(tm
 
 
 @pytest.mark.slow
-def test_a_failed_training_says_why_and_the_fixed_campaign_continues(tmp_path):
-    # a training setting nequip cannot use, in campaign.yaml: the labels are made, then the
-    # training task fails in its worker
+def test_a_diverged_training_says_why_and_the_fixed_campaign_continues(tmp_path):
+    # a learning rate that drives the weights to NaN in the first epoch (set in campaign.yaml):
+    # the labels are made, then the training task fails in its worker
     root = make_campaign(
-        tmp_path / "c", stop={"generations": 0}, training={"overrides": {"num_features": 0}}
+        tmp_path / "c",
+        stop={"generations": 0},
+        training={"overrides": {"num_features": 8, "batch_size": 2, "learning_rate": 1e300}},
     )
     out = run(root)
     assert out.returncode == 1
-    assert "training of generation 0 failed" in out.stderr and "num_features" in out.stderr
-    assert "Traceback" not in out.stderr
+    assert "training of generation 0 failed" in out.stderr
+    assert "training diverged at epoch 1: validation force RMSE nan" in out.stderr
+    assert "learning_rate" in out.stderr and "Traceback" not in out.stderr
     labeled = sorted(p.name for p in (root / ".hillwalker/tasks/single_point").glob("*.json"))
     assert len(labeled) == 4
-    assert status(root)["state"] == "interrupted"
+    s = status(root)
+    assert s["state"] == "interrupted" and s["generations_done"] == 0
+    assert "training diverged" in s["stopped_by"]
+    assert [t["generation"] for t in s["failed_trainings"]] == [0]
+    assert "learning_rate" in s["failed_trainings"][0]["error"]
+    shown = subprocess.run([HILLWALKER, "status", str(root)], capture_output=True, text=True)
+    assert "training of generation 0 failed" in shown.stdout
 
     # the cause fixed (a safe change of campaign.yaml), the campaign continues: no label redone
     config = yaml.safe_load((root / "campaign.yaml").read_text())
@@ -121,3 +131,51 @@ def test_a_failed_training_says_why_and_the_fixed_campaign_continues(tmp_path):
     )
     s = status(root)
     assert s["generations_done"] == 1 and s["state"] == "finished"
+    assert s["failed_trainings"] == [] and s["stopped_by"] is None
+
+
+@pytest.mark.slow
+def test_a_walker_blow_up_is_reset_recorded_and_the_campaign_goes_on(tmp_path):
+    # a 5 fs time step at 600 K with a four-frame model: the walker's atoms collide within a
+    # few steps (a real blow-up of the MD, caught by the min_distance check)
+    root = make_campaign(
+        tmp_path / "c",
+        walkers={"count": 1, "timestep": 5.0, "steps": 300, "temperature": 600.0},
+        stop={"generations": 1},
+    )
+    out = run(root)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+    (record,) = [
+        json.loads(p.read_text()) for p in (root / ".hillwalker/tasks/walker").glob("*.json")
+    ]
+    assert record["status"] == "blown_up"
+    (event,) = [e for e in record["events"] if e["kind"] == "blow_up"]
+    assert 0 < event["step"] < 300 and "min_distance" in event["reason"]
+    assert event["reset_to_step"] < event["step"]
+
+    # the reset state, not the blown-up one, is what goes on: labeled fine, and the walker's
+    # next generation starts from its last good state (the start structure), not the segment's
+    (frame,) = read_frames(root / "generations/001/labeled.extxyz")
+    assert frame.info["status"] == "done" and frame.info["walker"] == 0
+    distances = frame.get_all_distances(mic=True)[np.triu_indices(len(frame), 1)]
+    assert distances.min() > 0.6
+    states = json.loads((root / "generations/001/walkers.json").read_text())
+    assert states == {"0": str(root / ".hillwalker/start.extxyz")}
+
+    # recorded where a user looks: status and the run log
+    s = status(root)
+    assert s["state"] == "finished" and s["generations_done"] == 2
+    assert s["walker_blow_ups"] == [
+        {
+            "generation": 1,
+            "walker": 0,
+            "step": event["step"],
+            "reason": event["reason"],
+            "reset_to_step": event["reset_to_step"],
+        }
+    ]
+    assert (
+        f"generation 1 walker 0 blew up at step {event['step']} ({event['reason']})"
+        in (root / ".hillwalker/run.log").read_text()
+    )
