@@ -89,7 +89,11 @@ def test_torch_is_the_pinned_cpu_build():
     assert torch.__version__.startswith("2.13.0")
     if not torch.cuda.is_available():  # on a GPU machine a CUDA build is the right one
         assert "+cpu" in torch.__version__ or torch.version.cuda is None
-    nvidia = [d.metadata["Name"] for d in metadata.distributions() if d.metadata["Name"].lower().startswith("nvidia-")]
+    nvidia = [
+        d.metadata["Name"]
+        for d in metadata.distributions()
+        if d.metadata["Name"].lower().startswith("nvidia-")
+    ]
     assert nvidia == []
 
 
