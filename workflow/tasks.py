@@ -15,6 +15,17 @@ from typing import Any
 from ase import Atoms
 
 
+def _mark_started(workdir: str | Path) -> float:
+    """``started.json`` in the task's directory: when a worker took it up (a killed task's
+    lost work is the time since then)."""
+    from hillwalker.files import atomic_write_json
+
+    started = time.time()
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(workdir) / "started.json", {"started": started, "pid": os.getpid()})
+    return started
+
+
 def _threads(n: int) -> None:
     """Limit BLAS/torch threads of this worker (one worker per core on a local machine)."""
     os.environ["OMP_NUM_THREADS"] = str(n)
@@ -40,7 +51,7 @@ def label_frame(
     """One CP2K single point → (the frame with labels or ``status=failed`` and its class, timing)."""
     from hillwalker.engines.cp2k import Level, single_point
 
-    started = time.time()
+    started = _mark_started(workdir)
     level = Level.from_file(level_path)
     result = single_point(
         frame,
@@ -72,7 +83,7 @@ def train_generation(
     """Train (or warm-start) one generation's model; returns paths and validation metrics."""
     from hillwalker.engines.nequip import TrainSettings, train
 
-    started = time.time()
+    started = _mark_started(out_dir)
     model = train(
         Path(data),
         Path(out_dir),
@@ -114,7 +125,7 @@ def explore(
     from hillwalker.engines.walkers import WalkerSettings, run_segment_from_model
 
     _threads(threads)
-    started = time.time()
+    started = _mark_started(workdir)
     # a walker state is an ASE .traj (with momenta) or the start structure's extxyz
     safe = ase.io.read(last_safe, index=-1) if last_safe else None
     segment = run_segment_from_model(
