@@ -254,7 +254,10 @@ class Execution:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        self.close(
+            interrupted=exc_type is not None
+            and issubclass(exc_type, KeyboardInterrupt | SystemExit)
+        )
 
     def start(self) -> None:
         if self._dfk is not None:
@@ -276,13 +279,20 @@ class Execution:
                     executor.shutdown()
             raise
 
-    def close(self) -> None:
-        """Stop interchange, workers and SLURM blocks. Safe to call twice."""
+    def close(self, *, interrupted: bool = False) -> None:
+        """Stop interchange, workers and SLURM blocks. Safe to call twice.
+
+        ``interrupted``: closing on a signal (Ctrl-C, SIGTERM). The same signal may have hit the
+        interchange (it shares hillwalker's process group) and left it alive but deaf: it is
+        stopped first, and the blocks are cancelled through their provider without asking it.
+        """
         dfk, self._dfk = self._dfk, None
         self._apps.clear()
         if dfk is None:
             return
         for executor in dfk.executors.values():
+            if interrupted:
+                _stop_interchange(executor)
             _stop_if_interchange_gone(executor)
         try:
             dfk.cleanup()
@@ -477,6 +487,19 @@ def _stop_if_interchange_gone(executor: Any) -> None:
     executor.set_bad_state_and_fail_all(
         InterchangeGoneError(f"Parsl interchange of {executor.label} exited ({proc.returncode})")
     )
+
+
+def _stop_interchange(executor: Any) -> None:
+    proc = getattr(executor, "interchange_proc", None)
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
 
 
 def _cancel_blocks(executor: Any) -> None:
