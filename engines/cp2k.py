@@ -290,13 +290,16 @@ def single_point(
     timeout: float | None = None,
     min_distance: float = 0.5,
     ladder: Sequence[ScfCorrection] = DEFAULT_LADDER,
+    crash_reruns: int = 1,
 ) -> SinglePointResult:
     """Energy, forces (and stress for a periodic frame) of ``atoms`` at ``level``.
 
     ``command`` launches CP2K (``-i``/``-o`` are appended), e.g. ``["mpirun", "-np", "2",
     "cp2k.psmp"]``. ``timeout`` (s) bounds the whole single point, all attempts together; on
-    expiry the process group is killed. Every file goes into ``workdir``: ``attempt-N.inp/.out``
-    and, last, ``result.json``.
+    expiry the process group is killed. A crash that CP2K did not explain (no ABORT message:
+    the launcher, MPI, a signal, a node) is rerun unchanged up to ``crash_reruns`` times, and
+    each rerun is recorded in ``corrections``; a CP2K ABORT is the input's fault and is not
+    rerun. Every file goes into ``workdir``: ``attempt-N.inp/.out`` and, last, ``result.json``.
     """
     start = time.perf_counter()
     work = Path(workdir)
@@ -385,11 +388,13 @@ def single_point(
             continue
         if run.returncode != 0 or out.energy_hartree is None or out.forces_hartree_bohr is None:
             detail = "; ".join(out.errors) or run.stderr_tail or "no energy/forces in the output"
-            return failed(
-                "crash",
-                f"CP2K exit status {run.returncode} ({work / run.output_name}): {detail}",
-                attempt,
-            )
+            message = f"CP2K exit status {run.returncode} ({work / run.output_name}): {detail}"
+            time_left = timeout is None or time.perf_counter() - start < timeout
+            if not out.errors and crash_reruns > 0 and time_left:
+                crash_reruns -= 1
+                corrections.append({"name": "rerun_after_crash", "after": message})
+                continue
+            return failed("crash", message, attempt)
         if out.forces_hartree_bohr.shape != (len(atoms), 3):
             return failed(
                 "crash",

@@ -221,12 +221,27 @@ class CampaignRun:
         self._intervals.append(("dft", *timing["interval"]))
         result = self.dir.task_dir("single_point", key) / "result.extxyz"
         write_frames(result, [frame])
+        corrections = json.loads(frame.info.get("corrections") or "[]")
+        where = f"generation {frame.info.get('generation')} frame {frame.info.get('index')}"
+        if frame.info.get("status") != DONE:
+            log.warning(
+                "%s: single point failed (%s): %s",
+                where,
+                frame.info.get("failure"),
+                frame.info.get("failure_message"),
+            )
+        if corrections:
+            log.info(
+                "%s: single point retried: %s", where, ", ".join(c["name"] for c in corrections)
+            )
         self.dir.save_record(
             "single_point",
             key,
             {
                 "status": frame.info.get("status", FAILED),
                 "failure": frame.info.get("failure"),
+                # the retries it took: ladder rungs and reruns after a crash, by name
+                "corrections": [c["name"] for c in corrections],
                 "result": str(result.relative_to(self.dir.root)),
                 "generation": frame.info.get("generation"),
                 **timing,

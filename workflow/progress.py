@@ -72,7 +72,11 @@ def print_status(report: dict[str, Any]) -> None:
     console.print(f"[bold]{report['directory']}[/bold]  state: {report['state']}")
     sp = report["single_points"]
     failed = ", ".join(f"{k} {v}" for k, v in sp["failed_by_class"].items()) or "none"
-    console.print(f"single points: {sp['done']} done, {sp['failed']} failed ({failed})")
+    retries = ", ".join(f"{k} {v}" for k, v in sp.get("retries", {}).items())
+    console.print(
+        f"single points: {sp['done']} done, {sp['failed']} failed ({failed})"
+        + (f"; retries: {retries}" if retries else "")
+    )
     table = Table("gen", "new frames", "failed", "force RMSE meV/Å", "energy meV/atom", "model")
     for g in report["generations"]:
         v = g["validation"]

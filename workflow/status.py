@@ -88,6 +88,10 @@ def campaign_status(directory: str | Path) -> dict[str, Any]:
             "failed_by_class": dict(
                 Counter(s.get("failure") or "unknown" for s in sps if s["status"] == FAILED)
             ),
+            # how often each retry (ladder rung, rerun after a crash) was needed
+            "retries": dict(
+                sorted(Counter(name for s in sps for name in s.get("corrections") or []).items())
+            ),
         },
         "cv_range": cv_range,
         "wall_time_seconds": {

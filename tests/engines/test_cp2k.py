@@ -535,8 +535,53 @@ def test_crashing_launcher(tmp_path: Path) -> None:
     assert_failed(result, "crash")
     assert "exit status 1" in (result.message or "")
     assert "no such partition" in (result.message or "")
+    # an unexplained crash is rerun once, unchanged, and the rerun is on the record
+    assert result.attempts == 2
+    assert [c["name"] for c in result.corrections] == ["rerun_after_crash"]
+    assert "no such partition" in result.corrections[0]["after"]
     # the input it was given is there, complete, for whoever looks
     Level.from_file(tmp_path / "sp" / "attempt-1.inp")
+    sp = tmp_path / "sp"
+    assert (sp / "attempt-2.inp").read_text() == (sp / "attempt-1.inp").read_text()
+
+
+def test_a_crash_cp2k_did_not_explain_is_rerun_and_the_rerun_labels_the_frame(
+    tmp_path: Path,
+) -> None:
+    # The first launch dies the way a lost node or a killed MPI rank does; the second is real CP2K.
+    command = launcher(
+        tmp_path,
+        f"""\
+        if [ ! -e {tmp_path}/failed-once ]; then
+            touch {tmp_path}/failed-once
+            echo 'srun: error: node042: task 0: Killed' >&2
+            exit 137
+        fi
+        exec cp2k.psmp "$@"
+        """,
+    )
+    result = single_point(mil53_np_cif(), Level.from_file(XTB), tmp_path / "sp", command=command)
+    assert result.status == "done", result.message
+    assert result.energy / units.Hartree == pytest.approx(MIL53_NP_CIF_ENERGY_HARTREE, abs=1e-6)
+    assert result.attempts == 2
+    assert result.corrections == [
+        {
+            "name": "rerun_after_crash",
+            "after": f"CP2K exit status 137 ({tmp_path / 'sp' / 'attempt-1.out'}): "
+            "srun: error: node042: task 0: Killed",
+        }
+    ]
+    labeled = result.to_atoms(mil53_np_cif())
+    assert json.loads(labeled.info["corrections"])[0]["name"] == "rerun_after_crash"
+
+
+def test_no_crash_reruns_means_the_first_crash_is_final(tmp_path: Path) -> None:
+    command = launcher(tmp_path, "echo 'launcher: no such partition' >&2\nexit 1\n")
+    result = single_point(
+        mil53_np_cif(), Level.from_file(XTB), tmp_path / "sp", command=command, crash_reruns=0
+    )
+    assert_failed(result, "crash")
+    assert result.attempts == 1 and result.corrections == []
 
 
 def test_cp2k_abort_is_a_crash_with_its_message(tmp_path: Path) -> None:

@@ -17,19 +17,26 @@ import yaml
 from test_campaign import make_campaign
 
 from hillwalker.dataset import read_frames
+from hillwalker.engines.cp2k import Level, single_point
 
 HILLWALKER = str(Path(sys.executable).parent / "hillwalker")
 
 
-def counted_cp2k(tmp_path: Path, *, crash: int, hang: int) -> Path:
-    """A launch command: call number ``crash`` exits 1, call ``hang`` sleeps past the timeout."""
+def counted_cp2k(tmp_path: Path, *, scf: int, crash: tuple[int, ...], hang: int) -> Path:
+    """A launch command that counts its calls: call ``scf`` runs CP2K with MAX_SCF 3 (the SCF does
+    not converge), calls in ``crash`` exit 1 the way a lost node does, call ``hang`` sleeps past
+    the timeout; every other call is real CP2K."""
     counter = tmp_path / "calls"
     script = tmp_path / "cp2k-faulty"
     script.write_text(
         "#!/bin/sh\n"
         f"n=$(($(cat {counter} 2>/dev/null || echo 0) + 1)); echo $n > {counter}\n"
-        f'if [ "$n" -eq {crash} ]; then echo "node failure" >&2; exit 1; fi\n'
+        f'case " {" ".join(map(str, crash))} " in *" $n "*) echo "node failure" >&2; exit 1;; esac\n'
         f'if [ "$n" -eq {hang} ]; then sleep 300; fi\n'
+        f'if [ "$n" -eq {scf} ]; then\n'
+        '  sed "s/MAX_SCF [0-9]*/MAX_SCF 3/" "$2" > few-scf-steps.inp\n'
+        '  exec cp2k.psmp -i few-scf-steps.inp -o "$4"\n'
+        "fi\n"
         'exec cp2k.psmp "$@"\n'
     )
     script.chmod(0o755)
@@ -67,23 +74,53 @@ def status(root: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_crashed_and_hung_single_points_are_recorded_and_the_campaign_goes_on(tmp_path):
+def test_failed_single_points_are_retried_per_the_ladder_recorded_and_the_campaign_goes_on(
+    tmp_path,
+):
     root = make_campaign(tmp_path / "c", stop={"generations": 0}, labeling={"timeout": 20.0})
-    site = counted_cp2k(tmp_path, crash=2, hang=4)
+    # One single point at a time, so calls come in frame order:
+    #   frame 0: call 1 SCF not converged -> ladder rung more_scf_steps -> call 2 converges
+    #   frame 1: calls 3 and 4 crash (the crash, then its one rerun) -> failed, crash
+    #   frame 2: call 5 crashes -> rerun, call 6 converges
+    #   frame 3: call 7 hangs -> killed at the 20 s timeout, not rerun -> failed, timeout
+    site = counted_cp2k(tmp_path, scf=1, crash=(3, 4, 5), hang=7)
     out = run(root, "--site", str(site))
     assert out.returncode == 0, out.stdout + out.stderr
+    assert (tmp_path / "calls").read_text().strip() == "7"
+
+    labeled = read_frames(root / "generations/000/labeled.extxyz")
+    assert [f.info["status"] for f in labeled] == ["done", "failed", "done", "failed"]
+    assert [f.info.get("failure") for f in labeled] == [None, "crash", None, "timeout"]
+    corrections = [json.loads(f.info.get("corrections") or "[]") for f in labeled]
+    assert corrections[0] == [{"name": "more_scf_steps", "set": {"DFT/SCF/MAX_SCF": 800}}]
+    assert [c["name"] for c in corrections[1]] == ["rerun_after_crash"]
+    assert "node failure" in corrections[1][0]["after"]
+    assert "node failure" in labeled[1].info["failure_message"]
+    assert [c["name"] for c in corrections[2]] == ["rerun_after_crash"]
+    assert corrections[3] == []
+    assert "timeout" in labeled[3].info["failure_message"]
 
     failed = read_frames(root / "failed.extxyz")
     assert sorted(f.info["failure"] for f in failed) == ["crash", "timeout"]
     assert all(f.info["status"] == "failed" and f.calc is None for f in failed)
     dataset = read_frames(root / "dataset.extxyz")
     assert len(dataset) == 2 and all(f.info["status"] == "done" for f in dataset)
+    # the rescued labels are real: the ladder's label equals a plain CP2K run of that frame
+    plain = single_point(labeled[0], Level.from_file(root / "levels/xtb.inp"), tmp_path / "plain")
+    assert dataset[0].get_potential_energy() == pytest.approx(plain.energy, abs=1e-5)
     s = status(root)
     assert s["single_points"] == {
         "done": 2,
         "failed": 2,
         "failed_by_class": {"crash": 1, "timeout": 1},
+        "retries": {"more_scf_steps": 1, "rerun_after_crash": 2},
     }
+    human = subprocess.run([HILLWALKER, "status", str(root)], capture_output=True, text=True)
+    assert "retries: more_scf_steps 1, rerun_after_crash 2" in " ".join(human.stdout.split())
+    run_log = (root / ".hillwalker/run.log").read_text()
+    assert "generation 0 frame 0: single point retried: more_scf_steps" in run_log
+    assert "generation 0 frame 1: single point failed (crash): CP2K exit status 1" in run_log
+    assert "generation 0 frame 3: single point failed (timeout)" in run_log
     assert s["generations_done"] == 1  # the model trained on the two good frames only
     assert (
         s["generations"][0]["validation"]["n_train"] + s["generations"][0]["validation"]["n_val"]
@@ -91,9 +128,8 @@ def test_crashed_and_hung_single_points_are_recorded_and_the_campaign_goes_on(tm
     )
 
     # a failed single point is finished: running again redoes nothing
-    calls = (tmp_path / "calls").read_text()
     assert run(root, "--site", str(site)).returncode == 0
-    assert (tmp_path / "calls").read_text() == calls
+    assert (tmp_path / "calls").read_text().strip() == "7"
 
 
 @pytest.mark.slow
