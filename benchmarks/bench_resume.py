@@ -20,9 +20,9 @@ resume. Prints one JSON object. Per stage:
   the resumed run until the stage ends) − the same stage in the uninterrupted run (stage ends
   from run.log): restart + redone + restarting the engines in fresh workers (imports, model
   load, nequip-train's start-up), without the noise of the other stages.
-- ``lost_wall_s``: (killed run until the kill + resumed run) − uninterrupted run: the two above,
-  plus stopping the dead run's leftover workers, restarting the engines inside the fresh workers (imports, model loads, nequip-train's
-  start-up), plus run-to-run noise (training and compile times vary by seconds).
+- ``lost_wall_s``: (killed run until the kill + resumed run) − uninterrupted run: the stage's
+  loss plus stopping the dead run's leftover workers and run-to-run noise of the other stages
+  (training and compile times vary by seconds).
 """
 
 from __future__ import annotations

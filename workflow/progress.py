@@ -67,12 +67,16 @@ class LiveProgress:
                 self._last = core
 
 
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in counts.items())
+
+
 def print_status(report: dict[str, Any]) -> None:
     console = Console()
     console.print(f"[bold]{report['directory']}[/bold]  state: {report['state']}")
     sp = report["single_points"]
-    failed = ", ".join(f"{k} {v}" for k, v in sp["failed_by_class"].items()) or "none"
-    retries = ", ".join(f"{k} {v}" for k, v in sp.get("retries", {}).items())
+    failed = _counts(sp["failed_by_class"]) or "none"
+    retries = _counts(sp.get("retries", {}))
     console.print(
         f"single points: {sp['done']} done, {sp['failed']} failed ({failed})"
         + (f"; retries: {retries}" if retries else "")
