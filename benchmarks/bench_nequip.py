@@ -29,7 +29,7 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.md.verlet import VelocityVerlet
 
-from hillwalker.dataset import read_frames
+from hillwalker.engines.dataset import read_frames
 from hillwalker.engines.nequip import TrainSettings, compile_model, load_calculator, train
 
 ROOT = Path(__file__).resolve().parents[1]

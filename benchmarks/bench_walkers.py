@@ -39,6 +39,7 @@ from ase.calculators.plumed import Plumed
 from ase.md.nose_hoover_chain import MTKNPT
 from ase.md.velocitydistribution import thermalize_momenta
 
+from hillwalker.engines.geometry import too_close
 from hillwalker.engines.plumed import (
     BiasedCalculator,
     clean_input,
@@ -179,7 +180,7 @@ def safety_check_ms(settings: WalkerSettings) -> float:
     n = 200
     started = time.perf_counter()
     for _ in range(n):
-        walkers._check_distances(atoms, settings.min_distance)
+        too_close(atoms, settings.min_distance)
         walkers._state_copy(atoms, None, {})
     every_stride = (time.perf_counter() - started) / n
     started = time.perf_counter()

@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 from ase import Atoms, units
 from ase.data import chemical_symbols
-from ase.geometry import get_distances
 from cp2k_input_tools.generator import CP2KInputGenerator
 from cp2k_input_tools.parser import CP2KInputParser
 from cp2k_input_tools.parser_errors import ParserError
@@ -46,8 +45,9 @@ from hillwalker.engines.cp2k_failures import (
     set_path,
 )
 from hillwalker.engines.cp2k_output import Cp2kOutput, parse_output
+from hillwalker.engines.files import atomic_write_json, atomic_write_text
+from hillwalker.engines.geometry import DEFAULT_MIN_DISTANCE, geometry_problem
 from hillwalker.engines.processes import die_with_parent
-from hillwalker.files import atomic_write_json, atomic_write_text
 
 __all__ = [
     "DEFAULT_LADDER",
@@ -245,7 +245,9 @@ class SinglePointResult:
     def to_atoms(self, atoms: Atoms, **provenance: Any) -> Atoms:
         """A labeled copy of ``atoms`` (failed: an unlabeled copy) with status, failure and
         corrections (JSON text, so it survives extxyz) in ``info``."""
-        from hillwalker.dataset import label  # workflow side; imported late to keep engines light
+        from hillwalker.engines.dataset import (
+            label,
+        )  # workflow side; imported late to keep engines light
 
         info = {
             "status": self.status,
@@ -288,7 +290,7 @@ def single_point(
     command: Sequence[str] = ("cp2k.psmp",),
     omp_threads: int = 1,
     timeout: float | None = None,
-    min_distance: float = 0.5,
+    min_distance: float = DEFAULT_MIN_DISTANCE,
     ladder: Sequence[ScfCorrection] = DEFAULT_LADDER,
     crash_reruns: int = 1,
 ) -> SinglePointResult:
@@ -416,36 +418,6 @@ def single_point(
                 "scf_steps": scf_steps,
             }
         )
-
-
-def geometry_problem(atoms: Atoms, min_distance: float) -> str | None:
-    """Why ``atoms`` should not be sent to CP2K, or None."""
-    pos = atoms.get_positions()
-    if not np.all(np.isfinite(pos)):
-        return "positions are not finite"
-    pbc = np.asarray(atoms.pbc, dtype=bool)
-    if pbc.any() and not pbc.all():
-        return f"partial periodicity {pbc.tolist()} is not supported (all or none)"
-    if pbc.all() and atoms.cell.rank < 3:
-        return "periodic frame without a full 3-D cell"
-    if len(atoms) > 1:
-        if pbc.all():
-            _, d = get_distances(pos, cell=atoms.cell, pbc=True)
-        else:
-            _, d = get_distances(pos)
-        d[np.diag_indices_from(d)] = np.inf
-        i, j = np.unravel_index(np.argmin(d), d.shape)
-        if d[i, j] < min_distance:
-            return (
-                f"atoms {i} ({atoms[i].symbol}) and {j} ({atoms[j].symbol}) are "
-                f"{d[i, j]:.3f} Å apart (< min_distance {min_distance} Å)"
-            )
-    if pbc.all():
-        # A periodic image closer than min_distance (a cell shorter than an atom's own image).
-        lengths = atoms.cell.cellpar()[:3]
-        if np.min(lengths) < min_distance:
-            return f"cell vector of {np.min(lengths):.3f} Å < min_distance {min_distance} Å"
-    return None
 
 
 def frame_input(atoms: Atoms, level: Level) -> dict[str, Any]:

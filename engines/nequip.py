@@ -49,9 +49,16 @@ from ase import Atoms
 from ase.data import atomic_numbers
 from ase.units import GPa
 
-from hillwalker.dataset import STATUS_FAILED, DatasetError, label, labels, read_frames, write_frames
+from hillwalker.engines.dataset import (
+    STATUS_FAILED,
+    DatasetError,
+    label,
+    labels,
+    read_frames,
+    write_frames,
+)
+from hillwalker.engines.files import atomic_write_json, atomic_write_text, file_digest
 from hillwalker.engines.processes import die_with_parent
-from hillwalker.files import atomic_write_json, atomic_write_text, file_digest
 
 PACKAGE_NAME = "model.nequip.zip"
 COMPILED_NAME = "model.nequip.pt2"

@@ -50,7 +50,7 @@ from ase.calculators.calculator import all_changes
 from ase.calculators.plumed import Plumed
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from hillwalker.files import atomic_open, atomic_write_json
+from hillwalker.engines.files import atomic_open, atomic_write_json
 
 #: 1 kJ/mol in eV
 KJ_PER_MOL = units.kJ / units.mol

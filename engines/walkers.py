@@ -65,14 +65,14 @@ import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator
 from ase.calculators.plumed import Plumed
-from ase.geometry import minkowski_reduce
 from ase.io.trajectory import TrajectoryWriter
 from ase.md.langevin import Langevin
 from ase.md.md import MolecularDynamics
 from ase.md.nose_hoover_chain import MTKNPT
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
-from ase.neighborlist import neighbor_list
 
+from hillwalker.engines.files import atomic_open, atomic_write_json, atomic_write_text
+from hillwalker.engines.geometry import too_close
 from hillwalker.engines.plumed import (
     BIAS_MODES,
     BiasedCalculator,
@@ -89,7 +89,6 @@ from hillwalker.engines.plumed import (
     prepare_input,
 )
 from hillwalker.engines.plumed_kernel import use_kernel
-from hillwalker.files import atomic_open, atomic_write_json, atomic_write_text
 
 Ensemble = Literal["nvt", "npt"]
 SegmentStatus = Literal["ok", "blown_up"]
@@ -518,7 +517,7 @@ def _run_md(
             reason = _check_step(atoms, biased, settings)
             last = done == settings.steps
             if reason is None and (done % settings.check_stride == 0 or last):
-                reason = _check_distances(atoms, settings.min_distance)
+                reason = too_close(atoms, settings.min_distance)
                 if reason is None:
                     safe = _state_copy(atoms, biased, cv_memory)
             if reason is not None:
@@ -567,52 +566,6 @@ def _check_step(atoms: Atoms, biased: Plumed, settings: WalkerSettings) -> str |
     if not temperature <= settings.max_temperature:
         return f"temperature {temperature:.4g} K > max_temperature {settings.max_temperature} K"
     return None
-
-
-#: above this many atoms the all-pairs distance check gives way to ASE's neighbour list
-_ALL_PAIRS_MAX_ATOMS = 300
-
-
-def _check_distances(atoms: Atoms, min_distance: float) -> str | None:
-    if not np.all(np.isfinite(atoms.positions)) or not np.all(np.isfinite(atoms.cell.array)):
-        return "non-finite positions or cell"
-    if len(atoms) < 2:
-        return None
-    if len(atoms) > _ALL_PAIRS_MAX_ATOMS:
-        i, j, d = neighbor_list("ijd", atoms, min_distance)
-        if len(d):
-            k = int(np.argmin(d))
-            return _too_close(int(i[k]), int(j[k]), float(d[k]), min_distance)
-        return None
-    # all pairs: for small cells ASE's neighbour list costs more than the model step (~15 ms for
-    # the 38-atom MIL-53 cell at a 0.6 Å cut-off)
-    dist = _pair_distances(atoms)
-    np.fill_diagonal(dist, np.inf)
-    i, j = np.unravel_index(np.argmin(dist), dist.shape)
-    if dist[i, j] < min_distance:
-        return _too_close(int(i), int(j), float(dist[i, j]), min_distance)
-    return None
-
-
-def _pair_distances(atoms: Atoms) -> np.ndarray:
-    """(n, n) shortest distances, over periodic images along the periodic directions."""
-    pos = atoms.positions
-    if not atoms.pbc.any():
-        return np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=2)
-    # in a Minkowski-reduced cell the nearest image lies within one cell of the rounded one
-    cell, _ = minkowski_reduce(atoms.cell.array, atoms.pbc)
-    pbc = atoms.pbc
-    frac = np.linalg.solve(cell.T, pos.T).T
-    delta = frac[:, None, :] - frac[None, :, :]
-    delta[..., pbc] -= np.round(delta[..., pbc])
-    ranges = [(-1, 0, 1) if p else (0,) for p in pbc]
-    shifts = np.array(np.meshgrid(*ranges, indexing="ij")).reshape(3, -1).T
-    vectors = (delta @ cell)[:, :, None, :] + (shifts @ cell)[None, None, :, :]
-    return np.sqrt(np.einsum("ijkl,ijkl->ijk", vectors, vectors).min(axis=2))
-
-
-def _too_close(i: int, j: int, d: float, min_distance: float) -> str:
-    return f"atoms {i} and {j} are {d:.3g} Å apart < min_distance {min_distance} Å"
 
 
 def _state_copy(atoms: Atoms, biased: Plumed | None, cv_memory: dict[str, np.ndarray]) -> Atoms:

@@ -52,7 +52,7 @@ def mil53_frames_path() -> Path:
 
 
 def _mil53_split(path: Path) -> tuple[list[Atoms], list[Atoms]]:
-    from hillwalker.dataset import read_frames
+    from hillwalker.engines.dataset import read_frames
 
     frames = read_frames(path)
     # every 4th frame (np, lp and the path between) is held back from the session model
@@ -73,7 +73,7 @@ def mil53_model(tmp_path_factory: pytest.TempPathFactory, mil53_frames_path: Pat
     25 epochs. Good enough for a 38-atom NPT MD at 300 K (200 steps of 1 fs) to stay physical.
     ``model.package`` (.nequip.zip), ``model.compiled`` (.nequip.pt2, CPU), ``model.metrics``.
     """
-    from hillwalker.dataset import write_frames
+    from hillwalker.engines.dataset import write_frames
     from hillwalker.engines.nequip import train
 
     root = tmp_path_factory.mktemp("mil53_model")

@@ -26,8 +26,8 @@ from ase import Atoms
 
 from hillwalker import tasks
 from hillwalker.config import Campaign, load_campaign
-from hillwalker.dataset import read_frames, write_frames
-from hillwalker.files import atomic_write_json, atomic_write_text, file_digest
+from hillwalker.engines.dataset import read_frames, write_frames
+from hillwalker.engines.files import atomic_write_json, atomic_write_text, file_digest
 from hillwalker.state import (
     DONE,
     FAILED,

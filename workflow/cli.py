@@ -237,7 +237,7 @@ def train_command(
     ] = True,
 ) -> None:
     """Train a NequIP model (package + compiled model + model.json record) on labeled frames."""
-    from hillwalker.dataset import DatasetError
+    from hillwalker.engines.dataset import DatasetError
     from hillwalker.engines.nequip import ModelError
     from hillwalker.modeling import describe_training, train_model
 
@@ -264,7 +264,7 @@ def evaluate_command(
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
 ) -> None:
     """Energy (meV/atom), force (meV/Å) and stress (GPa) RMSE of a model on labeled frames."""
-    from hillwalker.dataset import DatasetError
+    from hillwalker.engines.dataset import DatasetError
     from hillwalker.engines.nequip import ModelError
     from hillwalker.modeling import describe_errors, evaluate_model
 

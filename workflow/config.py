@@ -14,6 +14,8 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hillwalker.engines.geometry import DEFAULT_MIN_DISTANCE
+
 CAMPAIGN_FILE = "campaign.yaml"
 
 M = TypeVar("M", bound=BaseModel)
@@ -113,7 +115,9 @@ class Safety(_Model):
         25.0, gt=0, description="Stop a walker segment above this force, eV/Å."
     )
     min_distance: float = Field(
-        0.6, gt=0, description="Stop a segment / refuse a single point below this distance, Å."
+        DEFAULT_MIN_DISTANCE,
+        gt=0,
+        description="Stop a segment / refuse a single point below this distance, Å.",
     )
     max_temperature: float = Field(
         3000.0, gt=0, description="Stop a segment above this instantaneous temperature, K."

@@ -47,8 +47,8 @@ from parsl.jobs.error_handlers import windowed_error_handler
 from parsl.launchers import SimpleLauncher, SingleNodeLauncher, SrunLauncher
 from parsl.providers import LocalProvider, SlurmProvider
 
+from hillwalker.engines.files import atomic_write_json
 from hillwalker.engines.plumed_kernel import use_kernel
-from hillwalker.files import atomic_write_json
 from hillwalker.sites import TASK_KINDS, SiteProfile, TaskSite, local_site
 
 LOCAL_LABEL = "local"

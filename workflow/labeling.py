@@ -23,8 +23,9 @@ from pathlib import Path
 from ase import Atoms
 
 from hillwalker import tasks
-from hillwalker.dataset import STATUS_DONE, STATUS_FAILED, read_frames, write_frames
 from hillwalker.engines.cp2k import Level, LevelError
+from hillwalker.engines.dataset import STATUS_DONE, STATUS_FAILED, read_frames, write_frames
+from hillwalker.engines.geometry import DEFAULT_MIN_DISTANCE
 from hillwalker.sites import SiteProfile
 from hillwalker.state import frame_digest, task_key
 
@@ -73,11 +74,11 @@ def label_file(
     site: SiteProfile | None = None,
     work_dir: str | Path | None = None,
     timeout: float | None = None,
-    min_distance: float = 0.5,
+    min_distance: float = DEFAULT_MIN_DISTANCE,
     on_frame: ProgressCallback | None = None,
 ) -> LabelingSummary:
     """Label every frame of ``frames_path`` at the level in ``level_path``; write ``output``."""
-    from hillwalker.dataset import DatasetError
+    from hillwalker.engines.dataset import DatasetError
     from hillwalker.execution import Execution  # Parsl: imported only when labeling for real
 
     start = time.perf_counter()

@@ -2,7 +2,7 @@
 
 The NequIP work is in :mod:`hillwalker.engines.nequip`; this module reads the user's files,
 applies the command-line options to the template's settings and formats the results. Errors are
-:class:`~hillwalker.engines.nequip.ModelError` or :class:`~hillwalker.dataset.DatasetError`,
+:class:`~hillwalker.engines.nequip.ModelError` or :class:`~hillwalker.engines.dataset.DatasetError`,
 each one line naming the file.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from ase.data import atomic_numbers
 
-from hillwalker.dataset import read_frames
+from hillwalker.engines.dataset import read_frames
 from hillwalker.engines.nequip import (
     ModelError,
     TrainedModel,

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from hillwalker.files import atomic_write_json
+from hillwalker.engines.files import atomic_write_json
 
 STATE_DIR = ".hillwalker"
 

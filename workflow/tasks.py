@@ -18,7 +18,7 @@ from ase import Atoms
 def _mark_started(workdir: str | Path) -> float:
     """``started.json`` in the task's directory: when a worker took it up (a killed task's
     lost work is the time since then)."""
-    from hillwalker.files import atomic_write_json
+    from hillwalker.engines.files import atomic_write_json
 
     started = time.time()
     Path(workdir).mkdir(parents=True, exist_ok=True)

@@ -201,7 +201,7 @@ def _check_structure(
         report.problems.append(str(exc))
         return None
     try:
-        from hillwalker.engines.cp2k import geometry_problem
+        from hillwalker.engines.geometry import geometry_problem
     except ImportError as exc:
         report.unavailable.append(f"{path}: geometry check unavailable ({exc})")
     else:

@@ -27,8 +27,8 @@ from ase import Atoms
 from ase.geometry import cell_to_cellpar, cellpar_to_cell
 from scipy.optimize import linear_sum_assignment
 
-from hillwalker.dataset import write_frames
 from hillwalker.engines.cp2k import Level, single_point
+from hillwalker.engines.dataset import write_frames
 from hillwalker.engines.perturb import perturb
 
 HERE = Path(__file__).resolve().parent

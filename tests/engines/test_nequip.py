@@ -15,7 +15,7 @@ from ase import Atoms, units
 from ase.calculators.emt import EMT
 from conftest import NEQUIP_TEST_THREADS, mil53_test_settings
 
-from hillwalker.dataset import label, labels, read_frames, write_frames
+from hillwalker.engines.dataset import label, labels, read_frames, write_frames
 from hillwalker.engines.nequip import (
     ModelError,
     TrainSettings,

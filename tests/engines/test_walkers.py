@@ -375,7 +375,10 @@ def test_atoms_too_close_across_a_skewed_periodic_boundary(tmp_path: Path) -> No
         bias_dir=tmp_path / "bias", bias="none", settings=settings, seed=1,
     )  # fmt: skip
     assert segment.status == "blown_up"
-    assert "atoms 0 and 1 are 0.5 Å apart < min_distance 0.6 Å" in segment.events[0]["reason"]
+    assert (
+        "atoms 0 (Ar) and 1 (Ar) are 0.500 Å apart (< min_distance 0.6 Å)"
+        in segment.events[0]["reason"]
+    )
 
 
 def test_a_plumed_error_during_md_is_a_blow_up(tmp_path: Path) -> None:

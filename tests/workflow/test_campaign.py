@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from hillwalker.campaign import run_campaign
-from hillwalker.dataset import read_frames
+from hillwalker.engines.dataset import read_frames
 from hillwalker.engines.plumed import read_hills
 from hillwalker.material_templates import new_from_template
 

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from test_campaign import make_campaign
 
-from hillwalker.dataset import read_frames
 from hillwalker.engines.cp2k import Level, single_point
+from hillwalker.engines.dataset import read_frames
 
 HILLWALKER = str(Path(sys.executable).parent / "hillwalker")
 

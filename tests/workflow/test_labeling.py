@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hillwalker.cli import app
-from hillwalker.dataset import has_labels, read_frames, write_frames
+from hillwalker.engines.dataset import has_labels, read_frames, write_frames
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 ROOT = Path(__file__).resolve().parents[2]

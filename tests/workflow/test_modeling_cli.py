@@ -19,7 +19,7 @@ from ase.calculators.emt import EMT
 from typer.testing import CliRunner
 
 from hillwalker.cli import app
-from hillwalker.dataset import label, read_frames, write_frames
+from hillwalker.engines.dataset import label, read_frames, write_frames
 from hillwalker.engines.nequip import evaluate
 
 runner = CliRunner()

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from hillwalker.dataset import labels, read_frames
+from hillwalker.engines.dataset import labels, read_frames
 from hillwalker.engines.plumed import read_hills
 from hillwalker.material_templates import new_from_template
 

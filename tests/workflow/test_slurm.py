@@ -224,7 +224,7 @@ def test_a_campaign_runs_on_slurm_and_survives_a_cancelled_block(
     import yaml
     from test_campaign import make_campaign
 
-    from hillwalker.dataset import read_frames
+    from hillwalker.engines.dataset import read_frames
 
     # generation 0 (4 frames labeled, a model) and one walker generation (2 walkers, 5 steps:
     # frames stay near the start, so CP2K converges quickly even with a 4-epoch model)

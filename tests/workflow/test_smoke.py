@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hillwalker.dataset import read_frames
+from hillwalker.engines.dataset import read_frames
 
 HILLWALKER = str(Path(sys.executable).parent / "hillwalker")
 DATA = Path(__file__).resolve().parents[1] / "data"

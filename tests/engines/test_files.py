@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from hillwalker.files import atomic_open, atomic_write_json
+from hillwalker.engines.files import atomic_open, atomic_write_json
 
 
 def test_failed_write_leaves_old_file_and_no_temp(tmp_path):

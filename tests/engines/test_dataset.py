@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from hillwalker.dataset import (
+from hillwalker.engines.dataset import (
     DatasetError,
     append_frames,
     has_labels,

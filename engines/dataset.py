@@ -23,7 +23,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from hillwalker.files import atomic_open
+from hillwalker.engines.files import atomic_open
 
 #: info keys that say where a frame came from.
 PROVENANCE_KEYS = ("generation", "walker", "level", "task_id", "status")
