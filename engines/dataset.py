@@ -31,6 +31,8 @@ PROVENANCE_KEYS = ("generation", "walker", "level", "task_id", "status")
 #: values of ``info["status"]``
 STATUS_DONE = "done"
 STATUS_FAILED = "failed"
+#: a walker segment stopped by a safety check (the walker was reset to its last safe state)
+STATUS_BLOWN_UP = "blown_up"
 
 
 class DatasetError(ValueError):
