@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--read-only", action="store_true")
     args = parser.parse_args()
 
-    from hillwalker.campaign import run_campaign
+    from hillwalker.runner import run_campaign
     from hillwalker.status import campaign_status
 
     if args.campaign is None:

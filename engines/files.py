@@ -41,6 +41,16 @@ def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
     )
 
 
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A JSON object from a file; None if the file is missing, unreadable or not an object
+    (e.g. half-written by a process that was killed before atomic writes existed)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def _json_default(value: Any) -> Any:
     # numpy scalars and arrays, Paths
     if hasattr(value, "tolist"):

@@ -1,41 +1,47 @@
 """The incremental-learning loop (Vandenhaute et al. 2023), in the paper's words.
 
-    generation 0:  perturb the start structure → label the frames (CP2K) → train model 0
+    generation 0:  perturb the start structure → label the frames → train model 0
     generation g:  walkers explore with model g-1 and the kept bias → their final frames are
                    labeled → the dataset grows → model g trains → the bias is snapshotted
 
 Every step is a task with a record in the campaign directory (``state.py``), keyed by a content
 hash of its inputs. Running the loop again replays it: a task whose record is done is not redone,
 so an interrupted campaign resumes where it stopped. The loop never touches Parsl directly; tasks
-go through ``Execution.submit`` (``execution.py``), whose default is this machine.
+go through ``Execution.submit`` (``execution.py``); what surrounds the loop (lock, Parsl start,
+signals, logs) is ``runner.py``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
 from ase import Atoms
 
-from hillwalker import tasks
+from hillwalker import settings, tasks
 from hillwalker.config import Campaign, load_campaign
-from hillwalker.engines.dataset import read_frames, write_frames
-from hillwalker.engines.files import atomic_write_json, atomic_write_text, file_digest
-from hillwalker.state import (
-    DONE,
-    FAILED,
-    CampaignDir,
-    frame_digest,
-    reap_orphans,
-    task_key,
+from hillwalker.engines.dataset import (
+    STATUS_BLOWN_UP,
+    STATUS_DONE,
+    STATUS_FAILED,
+    read_frames,
+    write_frames,
 )
+from hillwalker.engines.files import atomic_write_json, file_digest, read_json
+from hillwalker.state import CampaignDir, frame_digest, task_key
+from hillwalker.timings import GenerationClock
+
+if TYPE_CHECKING:
+    from hillwalker.engines.levels import ReferenceLevel, SinglePointResult
+    from hillwalker.engines.nequip import TrainedModel
+    from hillwalker.engines.walkers import WalkerSegment
+    from hillwalker.tasks import Timed
 
 log = logging.getLogger("hillwalker.campaign")
 
@@ -64,16 +70,12 @@ class Progress:
         return dict(self.__dict__)
 
 
-@dataclass
-class Model:
-    generation: int
-    package: Path
-    compiled: Path
-    metrics: dict[str, Any]
+#: a single point in flight, or its labeled frame when its record says it is finished
+Label = cf.Future[Any] | Atoms
 
 
 class CampaignRun:
-    """One invocation of ``hillwalker run DIR``."""
+    """One invocation of the loop on a started ``Execution``."""
 
     def __init__(
         self,
@@ -86,20 +88,19 @@ class CampaignRun:
         self.cfg = config if config is not None else load_campaign(self.dir.root)
         self.on_progress = on_progress
         self.progress = Progress()
-        self._level: Any = None
-        self._walker_keys: dict[tuple[int, int], tuple[str, dict[str, Any]]] = {}
-        self._intervals: list[
-            tuple[str, float, float]
-        ] = []  # (kind, start, end) of this generation
-        self._generation_start = time.time()
+        self._level: ReferenceLevel | None = None
+        self._walker_keys: dict[tuple[int, int], tuple[str, Path]] = {}
+        self._pending_labels: dict[str, tuple[Atoms, dict[str, Any]]] = {}
+        self._label_keys: dict[cf.Future[Any], str] = {}
+        self._clock = GenerationClock()
+        self._skipped_before = 0
 
     # ---- the loop ----------------------------------------------------------------------------
-    def run(self, execution: Any) -> list[Model]:
+    def run(self, execution: Any) -> list[TrainedModel]:
         """Run (or resume) the campaign on a started ``Execution``; returns every model."""
-        from hillwalker.engines.cp2k import Level
+        from hillwalker.engines.levels import load_level
 
-        m = self.cfg.material
-        self._level = Level.from_file(self.dir.root / m.level)
+        self._level = load_level(self.dir.root / self.cfg.material.level)
         self._level.check_elements(set(self.start_structure().get_chemical_symbols()))
         self.ex = execution
         models = [self.generation_zero()]
@@ -112,12 +113,12 @@ class CampaignRun:
         self._report(stage="finished")
         return models
 
-    def generation_zero(self) -> Model:
+    def generation_zero(self) -> TrainedModel:
         """Perturb the start structure, label the frames, train the first model."""
-        self._begin_generation(0)
-        self._report(generation=0, stage="perturbing")
         from hillwalker.engines.perturb import perturb
 
+        self._begin_generation(0)
+        self._report(generation=0, stage="perturbing")
         g0 = self.cfg.generation0
         frames = perturb(
             self.start_structure(),
@@ -128,49 +129,28 @@ class CampaignRun:
         )
         write_frames(self.dir.generation(0) / "frames.extxyz", frames)
         self._report(stage="labeling")
-        futures = {i: self._label(frame, generation=0, index=i) for i, frame in enumerate(frames)}
-        labeled = self._wait_labels(futures)
-        self._collect(0, labeled)
+        labels = {i: self._label(frame, generation=0, index=i) for i, frame in enumerate(frames)}
+        self._collect(0, self._wait_labels(labels))
         return self._train(0, previous=None)
 
-    def generation(self, g: int, model: Model) -> Model:
+    def generation(self, g: int, model: TrainedModel) -> TrainedModel:
         """Walkers explore with ``model``; their final frames are labeled; the next model trains."""
+        from hillwalker.engines.plumed import snapshot_hills
+
         w = self.cfg.walkers
         self._begin_generation(g)
         self._report(generation=g, stage="exploring", walkers_done=0, walkers_total=w.count)
         self.dir.bias.mkdir(parents=True, exist_ok=True)
-        walker_futures: dict[cf.Future[Any], int] = {}
-        label_futures: dict[int, cf.Future[Any] | Atoms] = {}
-        segments: dict[int, dict[str, Any]] = {}
-        for i in range(w.count):
-            done, fut = self._explore(g, i, model)
-            if done is not None:
-                segments[i] = done
-                label_futures[i] = self._label(done["final_frame"], generation=g, index=i, walker=i)
-            else:
-                walker_futures[fut] = i
-        # single points start as soon as a walker's frame arrives
-        pending = set(walker_futures)
-        while pending:
-            finished, pending = cf.wait(pending, timeout=1.0, return_when=cf.FIRST_COMPLETED)
-            for fut in finished:
-                i = walker_futures[fut]
-                segments[i] = self._record_walker(g, i, fut)
-                label_futures[i] = self._label(
-                    segments[i]["final_frame"], generation=g, index=i, walker=i
-                )
-            self._report(walkers_done=len(segments), walker_steps=self._walker_steps(g))
+        segments, labels = self._explore_all(g, model)
         self._report(walkers_done=len(segments), stage="labeling")
-        labeled = self._wait_labels(label_futures)
+        labeled = self._wait_labels(labels)
         self._collect(g, labeled)
         self._update_walker_states(g, segments, labeled)
-        from hillwalker.engines.plumed import snapshot_hills
-
         if w.bias != "none":
             snapshot_hills(self.dir.bias, self.dir.generation(g) / "hills")
         return self._train(g, previous=model)
 
-    def stop_reason(self, model: Model) -> str | None:
+    def stop_reason(self, model: TrainedModel) -> str | None:
         budget = self.cfg.stop.max_single_points
         spent = len(self.dir.records("single_point"))
         if budget is not None and spent >= budget:
@@ -182,34 +162,42 @@ class CampaignRun:
         return None
 
     # ---- labeling ----------------------------------------------------------------------------
+    @property
+    def level(self) -> ReferenceLevel:
+        if self._level is None:
+            raise RuntimeError("the level of theory is loaded by run()")
+        return self._level
+
     def _label(
         self, frame: Atoms, *, generation: int, index: int, walker: int | None = None
-    ) -> cf.Future[Any] | Atoms:
+    ) -> Label:
         """Submit a single point unless its record says it is finished (done or failed)."""
-        key = task_key("single_point", frame_digest(frame), self._level.digest())
+        key = task_key("single_point", frame_digest(frame), self.level.digest())
         self.progress.single_points_total += 1
-        if self.dir.record("single_point", key) is not None:
+        record = self.dir.record("single_point", key)
+        if record is not None:
             self.progress.skipped += 1
-            return self._finished_label(key)
+            return read_frames(self.dir.root / record["result"])[-1]
         provenance = {
             "generation": generation,
             "walker": walker,
-            "level": self._level.name,
+            "level": self.level.name,
             "task_id": f"sp-{key}",
             "index": index,
         }
+        self._pending_labels[key] = (frame, provenance)
+        options = settings.single_point_options(
+            self.cfg, cores=self.ex.cp2k_omp_threads, command=self.ex.cp2k_command
+        )
         fut = self.ex.submit(
             "dft",
             tasks.label_frame,
             frame,
             str(self.dir.root / self.cfg.material.level),
             str(self.dir.task_dir("single_point", key)),
-            command=self.ex.cp2k_command,
-            omp_threads=self.ex.cp2k_omp_threads,
-            timeout=self.cfg.labeling.timeout,
-            min_distance=self.cfg.safety.min_distance,
-            provenance=provenance,
+            options,
         )
+        self._label_keys[fut] = key
         fut.add_done_callback(lambda f, key=key: self._save_label(key, f))
         return fut
 
@@ -217,48 +205,46 @@ class CampaignRun:
         """Result file first, record last: a record always points at a complete result."""
         if fut.exception() is not None:
             return  # reported by _wait_labels; no record, so a rerun retries it
-        frame, timing = fut.result()
-        self._intervals.append(("dft", *timing["interval"]))
+        timed: Timed[SinglePointResult] = fut.result()
+        sp = timed.result
+        self._clock.add("dft", timed.interval)
+        labeled = self._labeled(key, sp)
         result = self.dir.task_dir("single_point", key) / "result.extxyz"
-        write_frames(result, [frame])
-        corrections = json.loads(frame.info.get("corrections") or "[]")
-        where = f"generation {frame.info.get('generation')} frame {frame.info.get('index')}"
-        if frame.info.get("status") != DONE:
-            log.warning(
-                "%s: single point failed (%s): %s",
-                where,
-                frame.info.get("failure"),
-                frame.info.get("failure_message"),
-            )
-        if corrections:
-            log.info(
-                "%s: single point retried: %s", where, ", ".join(c["name"] for c in corrections)
-            )
+        write_frames(result, [labeled])
+        self._log_label(labeled, sp)
         self.dir.save_record(
             "single_point",
             key,
             {
-                "status": frame.info.get("status", FAILED),
-                "failure": frame.info.get("failure"),
+                "status": sp.status,
+                "failure": sp.failure,
                 # the retries it took: ladder rungs and reruns after a crash, by name
-                "corrections": [c["name"] for c in corrections],
+                "corrections": [c["name"] for c in sp.corrections],
                 "result": str(result.relative_to(self.dir.root)),
-                "generation": frame.info.get("generation"),
-                **timing,
+                "generation": labeled.info.get("generation"),
+                "interval": list(timed.interval),
+                "code_seconds": float(sp.code_seconds),
+                "seconds": float(sp.wall_seconds),
             },
         )
 
-    def _finished_label(self, key: str) -> Atoms:
-        record = self.dir.record("single_point", key)
-        assert record is not None
-        return read_frames(self.dir.root / record["result"])[-1]
+    def _labeled(self, key: str, sp: SinglePointResult) -> Atoms:
+        """The frame with its labels (or its failure) and provenance."""
+        frame, provenance = self._pending_labels[key]
+        return sp.to_atoms(frame, **provenance)
 
-    def _wait_labels(self, futures: dict[int, cf.Future[Any] | Atoms]) -> dict[int, Atoms]:
-        out: dict[int, Atoms] = {}
-        pending = {f: i for i, f in futures.items() if isinstance(f, cf.Future)}
-        for i, f in futures.items():
-            if not isinstance(f, cf.Future):
-                out[i] = f
+    @staticmethod
+    def _log_label(frame: Atoms, sp: SinglePointResult) -> None:
+        where = f"generation {frame.info.get('generation')} frame {frame.info.get('index')}"
+        if sp.status != STATUS_DONE:
+            log.warning("%s: single point failed (%s): %s", where, sp.failure, sp.message)
+        if sp.corrections:
+            names = ", ".join(c["name"] for c in sp.corrections)
+            log.info("%s: single point retried: %s", where, names)
+
+    def _wait_labels(self, labels: dict[int, Label]) -> dict[int, Atoms]:
+        out = {i: f for i, f in labels.items() if isinstance(f, Atoms)}
+        pending = {f: i for i, f in labels.items() if isinstance(f, cf.Future)}
         self._count_labels(out)
         while pending:
             finished, _ = cf.wait(set(pending), timeout=1.0, return_when=cf.FIRST_COMPLETED)
@@ -267,7 +253,7 @@ class CampaignRun:
                 exc = fut.exception()
                 if exc is not None:
                     raise CampaignError(f"single point {i} could not run: {exc}") from exc
-                out[i] = fut.result()[0]
+                out[i] = self._labeled(self._label_keys[fut], fut.result().result)
             self._count_labels(out)
         self._count_labels(out)
         return dict(sorted(out.items()))
@@ -280,8 +266,8 @@ class CampaignRun:
                 "status"
             )
         self._report(
-            single_points_done=sum(s == DONE for s in status.values()),
-            single_points_failed=sum(s == FAILED for s in status.values()),
+            single_points_done=sum(s == STATUS_DONE for s in status.values()),
+            single_points_failed=sum(s == STATUS_FAILED for s in status.values()),
         )
 
     def _collect(self, g: int, labeled: dict[int, Atoms]) -> None:
@@ -292,116 +278,128 @@ class CampaignRun:
         for n in range(g + 1):
             path = self.dir.generation(n) / "labeled.extxyz"
             for frame in read_frames(path) if path.exists() else []:
-                (done if frame.info.get("status") == DONE else failed).append(frame)
+                (done if frame.info.get("status") == STATUS_DONE else failed).append(frame)
         write_frames(self.dir.dataset, done)
         write_frames(self.dir.failed, failed)
         log.info(
             "generation %d: %d new frames, dataset %d frames, %d failed in all",
             g,
-            sum(f.info.get("status") == DONE for f in labeled.values()),
+            sum(f.info.get("status") == STATUS_DONE for f in labeled.values()),
             len(done),
             len(failed),
         )
 
     # ---- walkers -----------------------------------------------------------------------------
-    def _walker_inputs(self, g: int, i: int, model: Model) -> dict[str, Any]:
+    def _explore_all(
+        self, g: int, model: TrainedModel
+    ) -> tuple[dict[int, WalkerSegment], dict[int, Label]]:
+        """Every walker's segment; single points start as soon as a walker's frame arrives."""
+        segments: dict[int, WalkerSegment] = {}
+        labels: dict[int, Label] = {}
+        running: dict[cf.Future[Any], int] = {}
+        for i in range(self.cfg.walkers.count):
+            found = self._explore(g, i, model)
+            if isinstance(found, cf.Future):
+                running[found] = i
+            else:
+                segments[i] = found
+                labels[i] = self._label(found.final, generation=g, index=i, walker=i)
+        pending = set(running)
+        while pending:
+            finished, pending = cf.wait(pending, timeout=1.0, return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                i = running[fut]
+                segments[i] = self._record_walker(g, i, fut)
+                labels[i] = self._label(segments[i].final, generation=g, index=i, walker=i)
+            self._report(walkers_done=len(segments), walker_steps=self._walker_steps(g))
+        return segments, labels
+
+    def _start_of(self, g: int, i: int) -> Path:
         """Where walker i starts generation g: its last good state (or the start structure)."""
         states = self._walker_states(g - 1)
         start = states.get(str(i)) if self.cfg.walkers.start == "continue" else None
-        start_path = Path(start) if start else self._start_structure_file()
-        return {"start": start_path, "last_safe": start_path}
+        return Path(start) if start else self._start_structure_file()
 
-    def _explore(self, g: int, i: int, model: Model) -> tuple[dict[str, Any] | None, Any]:
+    def _explore(self, g: int, i: int, model: TrainedModel) -> WalkerSegment | cf.Future[Any]:
+        """The walker's recorded segment, or a segment submitted to run."""
+        from hillwalker.engines.walkers import Walker
+
         w = self.cfg.walkers
-        inputs = self._walker_inputs(g, i, model)
-        settings = self._walker_settings()
+        start = self._start_of(g, i)
+        walker_settings = settings.walker_settings(self.cfg)
         seed = self.cfg.seed * 1000 + g * 100 + i
+        compiled = self._compiled(model)
+        plumed = self.dir.root / self.cfg.material.plumed
         key = task_key(
             "walker",
             g,
             i,
-            file_digest(model.compiled),
-            file_digest(inputs["start"]),
-            settings,
+            file_digest(compiled),
+            file_digest(start),
+            dataclasses.asdict(walker_settings),
             seed,
             w.bias,
             w.count,
-            file_digest(self.dir.root / self.cfg.material.plumed),
+            file_digest(plumed),
         )
-        self._walker_keys[(g, i)] = (key, inputs)
+        self._walker_keys[(g, i)] = (key, start)
         record = self.dir.record("walker", key)
-        if record is not None and record["status"] in ("ok", "blown_up"):
+        if record is not None and record["status"] in (STATUS_DONE, STATUS_BLOWN_UP):
             self.progress.skipped += 1
-            record["final_frame"] = read_frames(self.dir.root / record["final"])[-1]
-            return record, None
-        workdir = self.dir.generation(g) / "walkers" / f"w{i}"
-        fut = self.ex.submit(
+            return _segment_from_record(record, read_frames(self.dir.root / record["final"])[-1])
+        walker = Walker(
+            index=i, generation=g, n_walkers=w.count, bias_dir=self.dir.bias, bias=w.bias
+        )
+        return self.ex.submit(
             "md",
             tasks.explore,
-            str(model.compiled),
-            str(inputs["start"]),
-            str(self.dir.root / self.cfg.material.plumed),
-            str(workdir),
-            walker=i,
-            generation=g,
-            n_walkers=w.count,
-            bias_dir=str(self.dir.bias),
-            bias=w.bias,
-            settings=settings,
+            str(compiled),
+            str(start),
+            str(plumed),
+            str(self.dir.walker_dir(g, i)),
+            walker=walker,
+            settings=walker_settings,
             seed=seed,
-            last_safe=str(inputs["last_safe"]),
+            last_safe=str(start),
+            threads=self.ex.threads("md"),
         )
-        return None, fut
 
-    def _record_walker(self, g: int, i: int, fut: cf.Future[Any]) -> dict[str, Any]:
+    def _record_walker(self, g: int, i: int, fut: cf.Future[Any]) -> WalkerSegment:
         key, _ = self._walker_keys[(g, i)]
         exc = fut.exception()
         if exc is not None:
             raise CampaignError(f"walker {i} of generation {g} could not run: {exc}") from exc
-        summary = fut.result()
-        self._intervals.append(("md", *summary["interval"]))
+        timed: Timed[WalkerSegment] = fut.result()
+        segment = timed.result
+        self._clock.add("md", timed.interval)
         final_path = self.dir.task_dir("walker", key) / "final.extxyz"
-        final = summary.pop("final")
-        write_frames(final_path, [final])
+        write_frames(final_path, [segment.final])
         record = {
-            **summary,
+            **_segment_record(segment),
             "final": str(final_path.relative_to(self.dir.root)),
-            "generation": g,
-            "walker": i,
-            "cv": final.info.get("cv"),
+            "cv": segment.final.info.get("cv"),
+            "interval": list(timed.interval),
+            "seconds": timed.seconds,
         }
         self.dir.save_record("walker", key, record)
-        for event in summary.get("events", []):
-            if event.get("kind") == "blow_up":
-                reset = event.get("reset_to") or f"step {event.get('reset_to_step')}"
-                log.warning(
-                    "generation %d walker %d blew up at step %s (%s); reset to %s",
-                    g,
-                    i,
-                    event.get("step"),
-                    event.get("reason"),
-                    reset,
-                )
-            else:
-                log.warning("generation %d walker %d: %s", g, i, event)
-        return {**record, "final_frame": final}
+        _log_walker_events(g, i, segment.events)
+        return segment
 
     def _update_walker_states(
-        self, g: int, segments: dict[int, dict[str, Any]], labeled: dict[int, Atoms]
+        self, g: int, segments: dict[int, WalkerSegment], labeled: dict[int, Atoms]
     ) -> None:
-        """A walker whose frame was labeled goes on from its state; otherwise from its last good one."""
+        """A walker whose frame was labeled goes on from its state; otherwise from its start."""
         states = {}
-        for i, seg in segments.items():
-            _, inputs = self._walker_keys[(g, i)]
-            good = seg["status"] == "ok" and labeled[i].info.get("status") == DONE
-            states[str(i)] = seg["state_path"] if good else str(inputs["last_safe"])
-        atomic_write_json(self.dir.generation(g) / "walkers.json", states)
+        for i, segment in segments.items():
+            _, start = self._walker_keys[(g, i)]
+            good = segment.status == STATUS_DONE and labeled[i].info.get("status") == STATUS_DONE
+            states[str(i)] = str(segment.state_path) if good else str(start)
+        atomic_write_json(self.dir.walker_states(g), states)
 
     def _walker_states(self, g: int) -> dict[str, str]:
-        path = self.dir.generation(g) / "walkers.json"
-        if g < 1 or not path.exists():
+        if g < 1:
             return {}
-        return json.loads(path.read_text())
+        return read_json(self.dir.walker_states(g)) or {}
 
     def _walker_steps(self, g: int) -> dict[int, int]:
         """The MD step each walker of generation g has reached (last line of its walker.log)."""
@@ -409,7 +407,7 @@ class CampaignRun:
 
         steps = {}
         for i in range(self.cfg.walkers.count):
-            path = self.dir.generation(g) / "walkers" / f"w{i}" / LOG_NAME
+            path = self.dir.walker_dir(g, i) / LOG_NAME
             try:
                 with path.open("rb") as handle:
                     handle.seek(max(0, path.stat().st_size - 400))
@@ -419,162 +417,127 @@ class CampaignRun:
                 continue
         return steps
 
-    def _walker_settings(self) -> dict[str, Any]:
-        w, s = self.cfg.walkers, self.cfg.safety
-        return {
-            "ensemble": w.ensemble,
-            "temperature": w.temperature,
-            "pressure": w.pressure if w.ensemble == "npt" else None,
-            "timestep_fs": w.timestep,
-            "steps": w.steps,
-            "max_force": s.max_force,
-            "min_distance": s.min_distance,
-            "max_temperature": s.max_temperature,
-        }
-
     # ---- training ----------------------------------------------------------------------------
-    def _train(self, g: int, previous: Model | None) -> Model:
-        t = self.cfg.training
-        warm = previous is not None and t.mode == "warm"
-        epochs = (t.warm_epochs or t.epochs) if warm else t.epochs
-        settings = {
-            "epochs": epochs,
-            "seed": self.cfg.seed + g,
-            "validation_fraction": t.validation_fraction,
-            **t.overrides,
-        }
+    def _train(self, g: int, previous: TrainedModel | None) -> TrainedModel:
+        warm = previous is not None and self.cfg.training.mode == "warm"
+        changes = settings.training_changes(self.cfg, g, warm=warm)
         data = self.dir.generation(g) / "train.extxyz"
         write_frames(data, read_frames(self.dir.dataset))
         template = self.dir.root / self.cfg.material.nequip
-        init = str(previous.package) if warm and previous is not None else None
+        init = previous.package if warm and previous is not None else None
         key = task_key(
             "train",
             g,
             file_digest(data),
             file_digest(template),
-            settings,
-            file_digest(Path(init)) if init else None,
+            changes,
+            file_digest(init) if init else None,
         )
         record = self.dir.record("train", key)
-        if record is not None and record["status"] == DONE:
+        if record is not None and record["status"] == STATUS_DONE:
+            from hillwalker.engines.nequip import TrainedModel
+
             self.progress.skipped += 1
-            return Model(
-                g,
-                self.dir.root / record["package"],
-                self.dir.root / record["compiled"],
-                record["metrics"],
-            )
-        out_dir = self.dir.generation(g) / "model"
-        self._report(stage="training", epoch=0, max_epochs=epochs)
+            return TrainedModel.from_record(self.dir.root / record["directory"])
+        out_dir = self.dir.model_dir(g)
+        self._report(stage="training", epoch=0, max_epochs=changes["epochs"])
         fut = self.ex.submit(
             "train",
             tasks.train_generation,
             str(data),
             str(out_dir),
             template=str(template),
-            settings=settings,
-            init_from=init,
+            settings=settings.train_settings(template, changes),
+            init_from=str(init) if init else None,
+            threads=self.ex.threads("train"),
         )
+        timed = self._wait_training(g, key, fut, out_dir)
+        self._save_model(g, key, timed)
+        return timed.result
+
+    def _wait_training(
+        self, g: int, key: str, fut: cf.Future[Any], out_dir: Path
+    ) -> Timed[TrainedModel]:
         while True:
             try:
-                result = fut.result(timeout=1.0)
-                break
+                timed: Timed[TrainedModel] = fut.result(timeout=1.0)
+                return timed
             except cf.TimeoutError:
                 self._training_epoch(out_dir)
             except Exception as exc:
                 self.dir.save_record(
-                    "train", key, {"status": FAILED, "error": str(exc), "generation": g}
+                    "train", key, {"status": STATUS_FAILED, "error": str(exc), "generation": g}
                 )
                 raise CampaignError(
                     f"training of generation {g} failed: {exc}. Its log is in {out_dir}; after "
                     "fixing the cause, run again: finished work is kept."
                 ) from exc
-        self._intervals.append(("train", *result["interval"]))
+
+    def _save_model(self, g: int, key: str, timed: Timed[TrainedModel]) -> None:
+        model = timed.result
+        self._clock.add("train", timed.interval)
         rel = {
-            k: str(Path(result[k]).relative_to(self.dir.root))
-            for k in ("package", "compiled", "directory")
+            name: str(Path(path).relative_to(self.dir.root))
+            for name, path in (
+                ("package", model.package),
+                ("compiled", self._compiled(model)),
+                ("directory", model.directory),
+            )
         }
         self.dir.save_record(
             "train",
             key,
             {
-                "status": DONE,
+                "status": STATUS_DONE,
                 "generation": g,
                 **rel,
-                "metrics": result["metrics"],
-                "seconds": result["seconds"],
+                "metrics": model.metrics,
+                "seconds": timed.seconds,
             },
         )
-        metrics = result["metrics"]
+        m = model.metrics
         log.info(
             "generation %d model: validation force RMSE %s meV/Å, energy RMSE %s meV/atom, "
             "stress RMSE %s GPa (%s train / %s validation frames)",
             g,
-            _fmt(metrics.get("force_rmse_mev_per_ang")),
-            _fmt(metrics.get("energy_rmse_mev_per_atom")),
-            _fmt(metrics.get("stress_rmse_gpa")),
-            metrics.get("n_train"),
-            metrics.get("n_val"),
+            _fmt(m.get("force_rmse_mev_per_ang")),
+            _fmt(m.get("energy_rmse_mev_per_atom")),
+            _fmt(m.get("stress_rmse_gpa")),
+            m.get("n_train"),
+            m.get("n_val"),
         )
-        self._write_timings(g)
-        return Model(g, Path(result["package"]), Path(result["compiled"]), result["metrics"])
+        self._clock.write(
+            self.dir.timings(g),
+            g,
+            cores=getattr(self.ex, "cores", 1) or 1,
+            resumed=self.progress.skipped > self._skipped_before,
+        )
+
+    @staticmethod
+    def _compiled(model: TrainedModel) -> Path:
+        if model.compiled is None:
+            raise CampaignError(f"{model.directory}: the model was not compiled")
+        return model.compiled
 
     def _training_epoch(self, out_dir: Path) -> None:
-        try:
-            data = json.loads((out_dir / "progress.json").read_text())
-        except (OSError, ValueError):
-            return
-        self._report(epoch=data.get("epoch"), max_epochs=data.get("max_epochs"))
+        from hillwalker.engines.nequip import PROGRESS_NAME
 
-    # ---- timings -----------------------------------------------------------------------------
-    def _begin_generation(self, g: int) -> None:
-        self._intervals = []
-        self._generation_start = time.time()
-        self._skipped_before = self.progress.skipped
-
-    def _write_timings(self, g: int) -> None:
-        """Wall time of the generation split by what ran; 'other' is time with no task running."""
-        end = time.time()
-        wall = end - self._generation_start
-        busy: dict[str, float] = {}
-        for kind in ("md", "dft", "train"):
-            busy[kind] = _union([(a, b) for k, a, b in self._intervals if k == kind])
-        any_task = _union([(a, b) for _, a, b in self._intervals])
-        dft = [(a, b) for k, a, b in self._intervals if k == "dft"]
-        labeling = {}
-        if dft:
-            window = max(b for _, b in dft) - min(a for a, _ in dft)
-            cores = getattr(self.ex, "cores", 1) or 1
-            labeling = {
-                "window_seconds": window,
-                "task_seconds": sum(b - a for a, b in dft),
-                "cores": cores,
-                "core_busy_fraction": sum(b - a for a, b in dft) / (cores * window)
-                if window > 0
-                else None,
-            }
-        atomic_write_json(
-            self.dir.generation(g) / "timings.json",
-            {
-                "generation": g,
-                "wall_seconds": wall,
-                "busy_seconds": busy,
-                "idle_seconds": wall - any_task,
-                "overhead_fraction": (wall - any_task) / wall if wall > 0 else None,
-                "labeling": labeling,
-                # a resumed generation's timings miss the tasks found done
-                "resumed": self.progress.skipped > self._skipped_before,
-            },
-        )
+        data = read_json(out_dir / PROGRESS_NAME)
+        if data is not None:
+            self._report(epoch=data.get("epoch"), max_epochs=data.get("max_epochs"))
 
     # ---- helpers -----------------------------------------------------------------------------
+    def _begin_generation(self, g: int) -> None:
+        self._clock = GenerationClock()
+        self._skipped_before = self.progress.skipped
+
     def start_structure(self) -> Atoms:
         from hillwalker.validate import read_structure
 
         return read_structure(self.dir.root / self.cfg.material.structure)
 
     def _start_structure_file(self) -> Path:
-        path = self.dir.state / "start.extxyz"
+        path = self.dir.start_frame
         if not path.exists():
             write_frames(path, [self.start_structure()])
         return path
@@ -582,190 +545,48 @@ class CampaignRun:
     def _report(self, **fields: Any) -> None:
         for key, value in fields.items():
             setattr(self.progress, key, value)
-        atomic_write_json(self.dir.state / "run.json", self.progress.as_dict())
+        atomic_write_json(self.dir.run_state, self.progress.as_dict())
         if self.on_progress is not None:
             self.on_progress(self.progress)
 
 
-#: settings that the existing data or bias depend on: changing them needs ``--force``
-UNSAFE_CHANGES = {
-    "level": "the level of theory of the existing labels",
-    "structure": "the start structure of generation 0",
-    "plumed": "the collective variables of the kept bias",
-    "generation0": "the frames of generation 0",
-    "seed": "the seed every finished task was keyed with",
-}
+def _segment_record(segment: WalkerSegment) -> dict[str, Any]:
+    """A walker segment as JSON (its final frame goes to its own extxyz file)."""
+    data = {f.name: getattr(segment, f.name) for f in dataclasses.fields(segment)}
+    data.pop("final")
+    return json.loads(json.dumps(data, default=str))
 
 
-def check_changes(cdir: CampaignDir, cfg: Campaign, *, force: bool = False) -> list[str]:
-    """Compare campaign.yaml (and the files it names) with what the last run used.
+def _segment_from_record(record: dict[str, Any], final: Atoms) -> WalkerSegment:
+    """The segment a walker record describes (the inverse of :func:`_segment_record`)."""
+    from hillwalker.engines.walkers import WalkerSegment
 
-    Safe changes (more generations, more walkers, other epochs or thresholds) are applied and
-    returned as notes; unsafe ones raise :class:`CampaignError` unless ``force``.
-    """
-    root = cdir.root
-    m = cfg.material
-    now = {
-        "level": file_digest(root / m.level),
-        "structure": file_digest(root / m.structure),
-        "plumed": file_digest(root / m.plumed),
-        "generation0": cfg.generation0.model_dump(),
-        "seed": cfg.seed,
-        "config": cfg.model_dump(),
-    }
-    path = cdir.state / "inputs.json"
-    try:
-        before = json.loads(path.read_text())
-    except FileNotFoundError:
-        before = None
-    except ValueError:
-        raise CampaignError(
-            f"{path}: corrupt (unreadable JSON). Delete it to accept the current campaign.yaml as is."
-        ) from None
-    notes: list[str] = []
-    if before is not None:
-        unsafe = [
-            f"{key} changed: {why}"
-            for key, why in UNSAFE_CHANGES.items()
-            if before.get(key) != now[key]
-        ]
-        if unsafe and not force:
-            raise CampaignError(
-                f"{root / 'campaign.yaml'}: unsafe change since the last run: "
-                + "; ".join(unsafe)
-                + ". Undo it, start a new campaign directory, or run with --force to go on anyway."
+    values: dict[str, Any] = {"final": final}
+    for f in dataclasses.fields(WalkerSegment):
+        if f.name == "final" or f.name not in record:
+            continue
+        value = record[f.name]
+        if "Path" in str(f.type) and value is not None:
+            value = [Path(v) for v in value] if isinstance(value, list) else Path(value)
+        values[f.name] = value
+    return WalkerSegment(**values)
+
+
+def _log_walker_events(g: int, i: int, events: list[dict[str, Any]]) -> None:
+    for event in events:
+        if event.get("kind") == "blow_up":
+            reset = event.get("reset_to") or f"step {event.get('reset_to_step')}"
+            log.warning(
+                "generation %d walker %d blew up at step %s (%s); reset to %s",
+                g,
+                i,
+                event.get("step"),
+                event.get("reason"),
+                reset,
             )
-        notes = [f"forced: {u}" for u in unsafe]
-        old, new = before.get("config", {}), now["config"]
-        for section in sorted(set(old) | set(new)):
-            if old.get(section) != new.get(section) and section not in UNSAFE_CHANGES:
-                notes.append(
-                    f"applied change in {section}: {old.get(section)} -> {new.get(section)}"
-                )
-    atomic_write_json(path, now)
-    return notes
+        else:
+            log.warning("generation %d walker %d: %s", g, i, event)
 
 
 def _fmt(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, int | float) else "n/a"
-
-
-def _union(intervals: list[tuple[float, float]]) -> float:
-    """Total length covered by a set of time intervals."""
-    total, end = 0.0, float("-inf")
-    for a, b in sorted(intervals):
-        if b <= end:
-            continue
-        total += b - max(a, end)
-        end = b
-    return total
-
-
-def smoke_config(cfg: Campaign) -> Campaign:
-    """One generation with tiny settings: checks the whole path in minutes."""
-    data = cfg.model_dump()
-    data["generation0"].update(frames=min(cfg.generation0.frames, 4))
-    data["walkers"].update(count=min(cfg.walkers.count, 2), steps=min(cfg.walkers.steps, 20))
-    data["training"].update(epochs=min(cfg.training.epochs, 5), warm_epochs=None)
-    data["stop"].update(generations=1, max_single_points=None, target_force_rmse=None)
-    return Campaign.model_validate(data)
-
-
-def run_campaign(
-    directory: str | Path,
-    *,
-    site: Any = None,
-    generations: int | None = None,
-    smoke: bool = False,
-    force: bool = False,
-    on_progress: Callable[[Progress], None] | None = None,
-) -> list[Model]:
-    """Lock the campaign directory, start Parsl for the site, run the loop, always clean up."""
-    from hillwalker.execution import Execution
-
-    root = Path(directory).resolve()
-    cfg = load_campaign(root)
-    if generations is not None:
-        data = cfg.model_dump()
-        data["stop"]["generations"] = generations
-        cfg = Campaign.model_validate(data)
-    if smoke:
-        root = _smoke_dir(root, cfg)
-        cfg = load_campaign(root)
-    preflight(root)
-    if site is not None:
-        # a single point may run up to labeling.timeout: refuse before submitting anything if
-        # a dft block could not hold one, instead of SLURM killing it silently at the limit
-        site.check_task_fits("dft", cfg.labeling.timeout)
-    cdir = CampaignDir(root)
-    with cdir.locked():
-        handler = _file_log(cdir.log)
-        try:
-            log.info("run %s (site: %s)", root, getattr(site, "name", None) or "local")
-            if cdir.took_over_stale_lock:
-                reaped = reap_orphans(root)
-                log.warning(
-                    "took over the lock of a dead run; stopped %d leftover processes", len(reaped)
-                )
-            for note in check_changes(cdir, cfg, force=force):
-                log.warning("%s", note)
-            runner = CampaignRun(root, config=cfg, on_progress=on_progress)
-            with Execution(site, run_dir=root) as ex:
-                return runner.run(ex)
-        except BaseException as exc:
-            log.error("run stopped: %s: %s", type(exc).__name__, exc)
-            _note_stop(cdir, exc)
-            raise
-        finally:
-            logging.getLogger("hillwalker").removeHandler(handler)
-            handler.close()
-
-
-def _note_stop(cdir: CampaignDir, exc: BaseException) -> None:
-    """Why the run stopped, for `status` (run.json; the next run's first report clears it)."""
-    if isinstance(exc, KeyboardInterrupt | SystemExit):
-        why = f"interrupted ({type(exc).__name__}{f' {exc}' if str(exc) else ''})"
-    else:
-        why = str(exc) or type(exc).__name__
-    path = cdir.state / "run.json"
-    try:
-        run = json.loads(path.read_text())
-    except (OSError, ValueError):
-        run = {}
-    if isinstance(run, dict):
-        atomic_write_json(path, {**run, "stopped_by": why})
-
-
-def preflight(root: Path) -> None:
-    """`hillwalker validate` before anything runs: every mistake at once, nothing submitted."""
-    from hillwalker.config import ConfigError
-    from hillwalker.validate import validate_campaign
-
-    report = validate_campaign(root)
-    if not report.ok:
-        raise ConfigError(
-            ["campaign not valid (run 'hillwalker validate' for details):", *report.problems]
-        )
-
-
-def _smoke_dir(root: Path, cfg: Campaign) -> Path:
-    """A scratch campaign in DIR/.hillwalker/smoke: tiny settings, same material files.
-
-    The smoke run leaves the real campaign's records, dataset and bias alone.
-    """
-    smoke = root / ".hillwalker" / "smoke"
-    data = smoke_config(cfg).model_dump()
-    data["material"] = {k: str((root / v).resolve()) for k, v in data["material"].items()}
-    smoke.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(smoke / "campaign.yaml", yaml.safe_dump(data, sort_keys=False))
-    return smoke
-
-
-def _file_log(path: Path) -> logging.Handler:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("hillwalker")
-    root.setLevel(logging.INFO)
-    root.addHandler(handler)
-    return handler

@@ -77,10 +77,11 @@ def run(
     ] = False,
 ) -> None:
     """Run a campaign, or resume it where it stopped."""
-    from hillwalker.campaign import CampaignError, run_campaign
+    from hillwalker.campaign import CampaignError
     from hillwalker.config import ConfigError
     from hillwalker.progress import LiveProgress
-    from hillwalker.state import StateError
+    from hillwalker.runner import run_campaign
+    from hillwalker.state import CampaignDir, StateError
 
     profile = None
     try:
@@ -94,18 +95,17 @@ def run(
                 site=profile,
                 generations=generations,
                 smoke=smoke,
+                force=force,
                 on_progress=live.update,
             )
     except (ConfigError, StateError, CampaignError, FileNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from None
-    root = directory.resolve()
-    typer.echo(f"done: {len(models)} models (generations 0..{models[-1].generation})")
-    typer.echo(f"  models:  {root / 'generations'}/NNN/model/")
+    cdir = CampaignDir(directory)
+    typer.echo(f"done: {len(models)} models (generations 0..{len(models) - 1})")
+    typer.echo(f"  models:  {cdir.model_dir(0).parent.parent}/NNN/model/")
     typer.echo(f"  last:    {models[-1].compiled}")
-    typer.echo(f"  dataset: {root / 'dataset.extxyz'}")
-    typer.echo(
-        f"  status:  hillwalker status {directory} [--json]   (log: {root / '.hillwalker/run.log'})"
-    )
+    typer.echo(f"  dataset: {cdir.dataset}")
+    typer.echo(f"  status:  hillwalker status {directory} [--json]   (log: {cdir.log})")
 
 
 @app.command()

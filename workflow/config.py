@@ -8,11 +8,12 @@ File paths inside campaign.yaml are relative to the campaign directory.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hillwalker.engines.geometry import DEFAULT_MIN_DISTANCE
 
@@ -96,6 +97,19 @@ class Training(_Model):
         default_factory=dict,
         description="Extra NequIP settings (hillwalker TrainSettings fields, e.g. num_features).",
     )
+
+    @field_validator("overrides")
+    @classmethod
+    def _known_overrides(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from hillwalker.engines.nequip import TrainSettings
+
+        known = {f.name for f in dataclasses.fields(TrainSettings)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown setting {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
+        return value
 
 
 class Stop(_Model):

@@ -50,6 +50,7 @@ from parsl.providers import LocalProvider, SlurmProvider
 from hillwalker.engines.files import atomic_write_json
 from hillwalker.engines.plumed_kernel import use_kernel
 from hillwalker.sites import TASK_KINDS, SiteProfile, TaskSite, local_site
+from hillwalker.state import parsl_dir, slurm_blocks_file
 
 LOCAL_LABEL = "local"
 #: a first result ~1.7 s after start instead of ~5.7 s with Parsl's default of 5 s
@@ -157,7 +158,7 @@ class Execution:
     @property
     def blocks_file(self) -> Path:
         """Every SLURM job this run submitted, for ``hillwalker status`` in another process."""
-        return blocks_file(self.run_dir)
+        return slurm_blocks_file(Path(self.run_dir))
 
     # ---- configuration -------------------------------------------------------------------
 
@@ -235,7 +236,7 @@ class Execution:
         return Config(
             executors=executors,
             retries=self.site.retries,
-            run_dir=str(self.run_dir / ".hillwalker" / "parsl"),
+            run_dir=str(parsl_dir(self.run_dir)),
             strategy="htex_auto_scale",
             strategy_period=STRATEGY_PERIOD,
             max_idletime=self.site.block_idle_seconds,
@@ -265,7 +266,7 @@ class Execution:
         # workers inherit the environment (local) or get it from worker_init (SLURM): set the
         # kernel first so both see it
         use_kernel()
-        (self.run_dir / ".hillwalker").mkdir(parents=True, exist_ok=True)
+        parsl_dir(self.run_dir).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.blocks_file, [])  # a new run: earlier runs' jobs are over
         config = self.parsl_config()
         try:
@@ -327,6 +328,14 @@ class Execution:
         """Refuse a task expected to take longer than its blocks' walltime (before submitting)."""
         self.site.check_task_fits(kind, seconds)
 
+    def threads(self, kind: str) -> int:
+        """CPU threads one task of ``kind`` may use: a SLURM task its ``cores_per_task``; on the
+        local pool a training (which runs alone in the loop) every core, anything else one."""
+        task = self.site.task(kind)
+        if task.provider == "local":
+            return self.cores if kind == "train" else 1
+        return task.cores_per_task
+
     @property
     def cp2k_command(self) -> list[str]:
         """The site's CP2K launch command for dft tasks (default ``["cp2k.psmp"]``)."""
@@ -383,10 +392,6 @@ class Execution:
         return rows
 
 
-def blocks_file(run_dir: str | Path) -> Path:
-    return Path(run_dir) / ".hillwalker" / "slurm-blocks.json"
-
-
 #: SLURM states of a block that still holds or waits for resources
 LIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED"})
 
@@ -400,7 +405,7 @@ def read_blocks(run_dir: str | Path, *, live_only: bool = False) -> list[dict[st
     submitted (ISO time), state, live (bool).
     """
     try:
-        rows: list[dict[str, Any]] = json.loads(blocks_file(run_dir).read_text())
+        rows: list[dict[str, Any]] = json.loads(slurm_blocks_file(Path(run_dir)).read_text())
     except (OSError, ValueError):
         return []
     states: dict[str, str] | None = {}
@@ -428,7 +433,7 @@ def read_blocks(run_dir: str | Path, *, live_only: bool = False) -> list[dict[st
     return [row for row in rows if row["live"]] if live_only else rows
 
 
-__all__ = ["LIVE_STATES", "Execution", "blocks_file", "gpu_groups", "machine_cores", "read_blocks"]
+__all__ = ["LIVE_STATES", "Execution", "gpu_groups", "machine_cores", "read_blocks"]
 
 
 #: how long a command to the interchange may wait for its answer, s (answers take ms)

@@ -37,8 +37,15 @@ from hillwalker.engines.files import atomic_write_json
 
 STATE_DIR = ".hillwalker"
 
-DONE = "done"
-FAILED = "failed"
+
+def parsl_dir(root: Path) -> Path:
+    """Parsl's run directory of a campaign (also how a killed run's workers are found)."""
+    return Path(root).resolve() / STATE_DIR / "parsl"
+
+
+def slurm_blocks_file(root: Path) -> Path:
+    """The SLURM jobs a run submitted (for `status` and for cancelling them)."""
+    return Path(root).resolve() / STATE_DIR / "slurm-blocks.json"
 
 
 class StateError(RuntimeError):
@@ -94,8 +101,67 @@ class CampaignDir:
     def log(self) -> Path:
         return self.state / "run.log"
 
+    @property
+    def run_state(self) -> Path:
+        """What the last run was doing (progress, why it stopped)."""
+        return self.state / "run.json"
+
+    @property
+    def inputs(self) -> Path:
+        """Digests of what the last run used (change detection of campaign.yaml)."""
+        return self.state / "inputs.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.state / "lock"
+
+    @property
+    def start_frame(self) -> Path:
+        """The start structure as extxyz (where a walker without a state starts)."""
+        return self.state / "start.extxyz"
+
+    @property
+    def smoke(self) -> Path:
+        return self.state / "smoke"
+
+    @property
+    def parsl(self) -> Path:
+        return parsl_dir(self.root)
+
+    @property
+    def slurm_blocks(self) -> Path:
+        return slurm_blocks_file(self.root)
+
     def generation(self, n: int) -> Path:
         return self.root / "generations" / f"{n:03d}"
+
+    def walker_dir(self, n: int, walker: int) -> Path:
+        """Walker ``walker``'s MD segment of generation ``n`` (COLVAR, log, state)."""
+        return self.generation(n) / "walkers" / f"w{walker}"
+
+    def walker_dirs(self) -> list[tuple[int, int, Path]]:
+        """(generation, walker, directory) of every walker segment ever started."""
+        found = []
+        for d in self.root.glob("generations/*/walkers/w*"):
+            g, w = d.parent.parent.name, d.name[1:]
+            if d.is_dir() and g.isdigit() and w.isdigit():
+                found.append((int(g), int(w), d))
+        return sorted(found)
+
+    def walker_states(self, n: int) -> Path:
+        """Where each walker goes on from after generation ``n`` (walkers.json)."""
+        return self.generation(n) / "walkers.json"
+
+    def model_dir(self, n: int) -> Path:
+        return self.generation(n) / "model"
+
+    def model_dirs(self) -> list[tuple[int, Path]]:
+        """(generation, directory) of every model whose training was started."""
+        found = [(d.parent.name, d) for d in self.root.glob("generations/*/model")]
+        return sorted((int(g), d) for g, d in found if g.isdigit())
+
+    def timings(self, n: int) -> Path:
+        return self.generation(n) / "timings.json"
 
     def task_dir(self, kind: str, key: str) -> Path:
         return self.state / "tasks" / kind / key
@@ -136,7 +202,7 @@ class CampaignDir:
     def locked(self) -> Iterator[None]:
         """Hold the campaign lock; refuse if a live process holds it, take over a stale one."""
         self.state.mkdir(parents=True, exist_ok=True)
-        path = self.state / "lock"
+        path = self.lock
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
         for _ in range(2):
             try:
@@ -193,14 +259,14 @@ def reap_orphans(root: Path) -> list[int]:
     this campaign's Parsl directory, and killed with all their descendants. Only called after a
     stale lock was taken over, i.e. when the run that started them is known to be dead.
     """
-    parsl_dir = str(Path(root).resolve() / STATE_DIR / "parsl")
+    parsl = str(parsl_dir(root))
     parents = _process_parents()
     protected = set()
     pid = os.getpid()
     while pid > 1 and pid not in protected:  # never this process or its ancestors
         protected.add(pid)
         pid = parents.get(pid, 1)
-    roots = [p for p in parents if p not in protected and _mentions(p, parsl_dir)]
+    roots = [p for p in parents if p not in protected and _mentions(p, parsl)]
     victims = set(roots)
     changed = True
     while changed:

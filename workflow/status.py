@@ -7,7 +7,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from hillwalker.state import DONE, FAILED, CampaignDir, _alive, _read_lock
+from hillwalker.engines.dataset import STATUS_DONE, STATUS_FAILED
+from hillwalker.engines.files import read_json
+from hillwalker.state import CampaignDir, _alive, _read_lock
 
 
 def campaign_status(directory: str | Path) -> dict[str, Any]:
@@ -19,7 +21,9 @@ def campaign_status(directory: str | Path) -> dict[str, Any]:
     walkers = cdir.records("walker")
     trains = cdir.records("train")
 
-    models = sorted((r for r in trains if r["status"] == DONE), key=lambda r: r["generation"])
+    models = sorted(
+        (r for r in trains if r["status"] == STATUS_DONE), key=lambda r: r["generation"]
+    )
     generations = []
     for r in models:
         g = r["generation"]
@@ -30,8 +34,8 @@ def campaign_status(directory: str | Path) -> dict[str, Any]:
                 "model": str(cdir.root / r["compiled"]),
                 "package": str(cdir.root / r["package"]),
                 "validation": r.get("metrics", {}),
-                "single_points_done": sum(s["status"] == DONE for s in new),
-                "single_points_failed": sum(s["status"] == FAILED for s in new),
+                "single_points_done": sum(s["status"] == STATUS_DONE for s in new),
+                "single_points_failed": sum(s["status"] == STATUS_FAILED for s in new),
                 "training_seconds": r.get("seconds"),
             }
         )
@@ -44,20 +48,14 @@ def campaign_status(directory: str | Path) -> dict[str, Any]:
                 cv_range[name] = [min(lo, value), max(hi, value)]
     cv_range.update(_colvar_ranges(cdir))
 
-    run = _read_json(cdir.state / "run.json") or {}
-    holder = _read_lock(cdir.state / "lock")
+    run = read_json(cdir.run_state) or {}
+    holder = _read_lock(cdir.lock)
     running = bool(holder and _alive(holder))
     finished = run.get("stage") == "finished"
     walker_done = {(w.get("generation"), w.get("walker")) for w in walkers}
-    started_walkers = [
-        (int(d.parent.parent.name), int(d.name[1:]))
-        for d in cdir.root.glob("generations/*/walkers/w*")
-        if d.is_dir() and d.parent.parent.name.isdigit() and d.name[1:].isdigit()
-    ]
+    started_walkers = [(g, w) for g, w, _ in cdir.walker_dirs()]
     trained = {r["generation"] for r in models}
-    started_models = [
-        int(d.parent.name) for d in cdir.root.glob("generations/*/model") if d.parent.name.isdigit()
-    ]
+    started_models = [g for g, _ in cdir.model_dirs()]
     unfinished = {
         "single_point": _unfinished(cdir, "single_point"),
         "walker": sum(key not in walker_done for key in started_walkers),
@@ -66,7 +64,7 @@ def campaign_status(directory: str | Path) -> dict[str, Any]:
     failed_trainings = [
         {"generation": r.get("generation"), "error": r.get("error")}
         for r in trains
-        if r["status"] == FAILED and r.get("generation") not in trained
+        if r["status"] == STATUS_FAILED and r.get("generation") not in trained
     ]
     blow_ups = [
         {
@@ -83,10 +81,10 @@ def campaign_status(directory: str | Path) -> dict[str, Any]:
         "generations_done": len(models),
         "generations": generations,
         "single_points": {
-            "done": sum(s["status"] == DONE for s in sps),
-            "failed": sum(s["status"] == FAILED for s in sps),
+            "done": sum(s["status"] == STATUS_DONE for s in sps),
+            "failed": sum(s["status"] == STATUS_FAILED for s in sps),
             "failed_by_class": dict(
-                Counter(s.get("failure") or "unknown" for s in sps if s["status"] == FAILED)
+                Counter(s.get("failure") or "unknown" for s in sps if s["status"] == STATUS_FAILED)
             ),
             # how often each retry (ladder rung, rerun after a crash) was needed
             "retries": dict(
@@ -114,7 +112,7 @@ def campaign_status(directory: str | Path) -> dict[str, Any]:
 
 def _slurm_blocks(cdir: CampaignDir) -> list[dict[str, Any]]:
     """SLURM jobs of the run, with their state now (squeue); none for a local run."""
-    rows = _read_json_list(cdir.state / "slurm-blocks.json")
+    rows = _read_json_list(cdir.slurm_blocks)
     if not rows:
         return []
     from hillwalker.execution import read_blocks  # imports Parsl: only when there are jobs
@@ -178,11 +176,3 @@ def _unfinished(cdir: CampaignDir, kind: str) -> int:
     return sum(
         1 for p in folder.iterdir() if p.is_dir() and not (folder / f"{p.name}.json").exists()
     )
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None

@@ -1,74 +1,72 @@
 """What a Parsl worker runs: thin, picklable top-level functions over the engines.
 
-Each takes paths and plain settings (so they travel cheaply to a SLURM node), calls one engine,
-writes its result files into its own task directory, and returns a small summary. The campaign
-(``campaign.py``) turns the summaries into task records; nothing here knows about Parsl.
+Each takes paths and the engines' own settings objects (so they travel cheaply to a SLURM node),
+calls one engine, and returns the engine's typed result (a picklable dataclass) with the time
+interval it ran in. The campaign (``campaign.py``) turns results into task records; nothing here
+knows about Parsl.
+
+No task changes the worker's process-wide state (environment variables, thread counts) for the
+tasks that come after it in the same worker: resources are passed to each engine explicitly.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ase import Atoms
+
+from hillwalker.engines.files import atomic_write_json
+
+if TYPE_CHECKING:
+    from hillwalker.engines.levels import RunOptions, SinglePointResult
+    from hillwalker.engines.nequip import TrainedModel, TrainSettings
+    from hillwalker.engines.walkers import Walker, WalkerSegment, WalkerSettings
+
+T = TypeVar("T")
+
+#: written in a task's directory when a worker takes it up
+STARTED_NAME = "started.json"
+
+
+@dataclass
+class Timed(Generic[T]):
+    """An engine's result and when the task that made it ran (``time.time()`` seconds)."""
+
+    result: T
+    started: float
+    finished: float
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return (self.started, self.finished)
+
+    @property
+    def seconds(self) -> float:
+        return self.finished - self.started
 
 
 def _mark_started(workdir: str | Path) -> float:
     """``started.json`` in the task's directory: when a worker took it up (a killed task's
     lost work is the time since then)."""
-    from hillwalker.engines.files import atomic_write_json
-
     started = time.time()
     Path(workdir).mkdir(parents=True, exist_ok=True)
-    atomic_write_json(Path(workdir) / "started.json", {"started": started, "pid": os.getpid()})
+    atomic_write_json(Path(workdir) / STARTED_NAME, {"started": started, "pid": os.getpid()})
     return started
 
 
-def _threads(n: int) -> None:
-    """Limit BLAS/torch threads of this worker (one worker per core on a local machine)."""
-    os.environ["OMP_NUM_THREADS"] = str(n)
-    try:
-        import torch
-
-        torch.set_num_threads(n)
-    except ImportError:
-        pass
-
-
 def label_frame(
-    frame: Atoms,
-    level_path: str,
-    workdir: str,
-    *,
-    command: list[str],
-    omp_threads: int,
-    timeout: float,
-    min_distance: float,
-    provenance: dict[str, Any],
-) -> tuple[Atoms, dict[str, Any]]:
-    """One CP2K single point → (the frame with labels or ``status=failed`` and its class, timing)."""
-    from hillwalker.engines.cp2k import Level, single_point
+    frame: Atoms, level_path: str, workdir: str, options: RunOptions
+) -> Timed[SinglePointResult]:
+    """One single point of ``frame`` at the level in ``level_path`` (any code)."""
+    from hillwalker.engines.levels import load_level
 
     started = _mark_started(workdir)
-    level = Level.from_file(level_path)
-    result = single_point(
-        frame,
-        level,
-        Path(workdir),
-        command=command,
-        omp_threads=omp_threads,
-        timeout=timeout,
-        min_distance=min_distance,
-    )
-    labeled = result.to_atoms(frame, **provenance)
-    timing = {
-        "interval": [started, time.time()],
-        "cp2k_seconds": float(result.cp2k_seconds),
-        "seconds": float(result.wall_seconds),
-    }
-    return labeled, timing
+    result = load_level(level_path).single_point(frame, Path(workdir), options)
+    return Timed(result, started, time.time())
 
 
 def train_generation(
@@ -76,31 +74,25 @@ def train_generation(
     out_dir: str,
     *,
     template: str,
-    settings: dict[str, Any],
+    settings: TrainSettings,
     init_from: str | None,
+    threads: int,
     device: str = "auto",
-) -> dict[str, Any]:
-    """Train (or warm-start) one generation's model; returns paths and validation metrics."""
-    from hillwalker.engines.nequip import TrainSettings, train
+) -> Timed[TrainedModel]:
+    """Train (or warm-start) one generation's model with ``threads`` CPU threads."""
+    from hillwalker.engines.nequip import train
 
     started = _mark_started(out_dir)
     model = train(
         Path(data),
         Path(out_dir),
         template=Path(template),
-        settings=TrainSettings.from_template(Path(template), **settings),
+        settings=settings,
         init_from=Path(init_from) if init_from else None,
         device=device,
+        threads=threads,
     )
-    return {
-        "directory": str(model.directory),
-        "package": str(model.package),
-        "compiled": str(model.compiled),
-        "record": str(model.record),
-        "metrics": dict(model.metrics),
-        "interval": [started, time.time()],
-        "seconds": time.time() - started,
-    }
+    return Timed(model, started, time.time())
 
 
 def explore(
@@ -109,48 +101,30 @@ def explore(
     plumed_input: str,
     workdir: str,
     *,
-    walker: int,
-    generation: int,
-    n_walkers: int,
-    bias_dir: str,
-    bias: str,
-    settings: dict[str, Any],
+    walker: Walker,
+    settings: WalkerSettings,
     seed: int,
     last_safe: str | None,
     threads: int = 1,
-) -> dict[str, Any]:
+) -> Timed[WalkerSegment]:
     """One walker's MD segment with the current model and the (shared) bias."""
     import ase.io
 
-    from hillwalker.engines.walkers import WalkerSettings, run_segment_from_model
+    from hillwalker.engines.nequip import load_calculator
+    from hillwalker.engines.walkers import run_segment
 
-    _threads(threads)
     started = _mark_started(workdir)
     # a walker state is an ASE .traj (with momenta) or the start structure's extxyz
     safe = ase.io.read(last_safe, index=-1) if last_safe else None
-    segment = run_segment_from_model(
-        Path(model),
+    segment = run_segment(
         Path(start),
+        load_calculator(Path(model), threads=threads),
         Path(plumed_input),
         Path(workdir),
-        walker=walker,
-        generation=generation,
-        n_walkers=n_walkers,
-        bias_dir=Path(bias_dir),
-        bias=bias,
-        settings=WalkerSettings(**settings),
+        walker,
+        settings,
         seed=seed,
-        last_safe=safe,
+        last_safe=safe if isinstance(safe, Atoms) else None,
+        model=model,
     )
-    return {
-        "status": segment.status,
-        "final": segment.final,
-        "state_path": str(segment.state_path),
-        "steps_done": int(segment.steps_done),
-        "start_step": int(segment.start_step),
-        "end_step": int(segment.end_step),
-        "colvar": str(segment.colvar),
-        "events": list(segment.events),
-        "interval": [started, time.time()],
-        "seconds": time.time() - started,
-    }
+    return Timed(segment, started, time.time())

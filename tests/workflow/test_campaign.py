@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hillwalker.campaign import run_campaign
+from hillwalker.runner import run_campaign
 from hillwalker.engines.dataset import read_frames
 from hillwalker.engines.plumed import read_hills
 from hillwalker.material_templates import new_from_template

@@ -1,0 +1,68 @@
+"""Which edits of campaign.yaml a campaign can take between runs, and which need ``--force``."""
+
+from __future__ import annotations
+
+import json
+
+from hillwalker.campaign import CampaignError
+from hillwalker.config import Campaign
+from hillwalker.engines.files import atomic_write_json, file_digest
+from hillwalker.state import CampaignDir
+
+#: settings that the existing data or bias depend on: changing them needs ``--force``
+UNSAFE_CHANGES = {
+    "level": "the level of theory of the existing labels",
+    "structure": "the start structure of generation 0",
+    "plumed": "the collective variables of the kept bias",
+    "generation0": "the frames of generation 0",
+    "seed": "the seed every finished task was keyed with",
+}
+
+
+def check_changes(cdir: CampaignDir, cfg: Campaign, *, force: bool = False) -> list[str]:
+    """Compare campaign.yaml (and the files it names) with what the last run used.
+
+    Safe changes (more generations, more walkers, other epochs or thresholds) are applied and
+    returned as notes; unsafe ones raise :class:`CampaignError` unless ``force``.
+    """
+    root = cdir.root
+    m = cfg.material
+    now = {
+        "level": file_digest(root / m.level),
+        "structure": file_digest(root / m.structure),
+        "plumed": file_digest(root / m.plumed),
+        "generation0": cfg.generation0.model_dump(),
+        "seed": cfg.seed,
+        "config": cfg.model_dump(),
+    }
+    path = cdir.inputs
+    try:
+        before = json.loads(path.read_text())
+    except FileNotFoundError:
+        before = None
+    except ValueError:
+        raise CampaignError(
+            f"{path}: corrupt (unreadable JSON). Delete it to accept the current campaign.yaml as is."
+        ) from None
+    notes: list[str] = []
+    if before is not None:
+        unsafe = [
+            f"{key} changed: {why}"
+            for key, why in UNSAFE_CHANGES.items()
+            if before.get(key) != now[key]
+        ]
+        if unsafe and not force:
+            raise CampaignError(
+                f"{root / 'campaign.yaml'}: unsafe change since the last run: "
+                + "; ".join(unsafe)
+                + ". Undo it, start a new campaign directory, or run with --force to go on anyway."
+            )
+        notes = [f"forced: {u}" for u in unsafe]
+        old, new = before.get("config", {}), now["config"]
+        for section in sorted(set(old) | set(new)):
+            if old.get(section) != new.get(section) and section not in UNSAFE_CHANGES:
+                notes.append(
+                    f"applied change in {section}: {old.get(section)} -> {new.get(section)}"
+                )
+    atomic_write_json(path, now)
+    return notes

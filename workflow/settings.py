@@ -1,0 +1,59 @@
+"""campaign.yaml → the engines' typed settings, in one place.
+
+The pydantic models of :mod:`hillwalker.config` are the only source of the settings a user sets
+and of their defaults; the engines take small dataclasses built here (and nowhere else).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hillwalker.config import Campaign
+from hillwalker.engines.levels import RunOptions
+from hillwalker.engines.nequip import TrainSettings
+from hillwalker.engines.walkers import WalkerSettings
+
+
+def walker_settings(cfg: Campaign) -> WalkerSettings:
+    """How every walker of the campaign moves and when it counts as blown up."""
+    w, s = cfg.walkers, cfg.safety
+    return WalkerSettings(
+        ensemble=w.ensemble,
+        temperature=w.temperature,
+        pressure=w.pressure if w.ensemble == "npt" else None,
+        timestep_fs=w.timestep,
+        steps=w.steps,
+        max_force=s.max_force,
+        min_distance=s.min_distance,
+        max_temperature=s.max_temperature,
+    )
+
+
+def single_point_options(
+    cfg: Campaign, *, cores: int, command: list[str] | tuple[str, ...] | None
+) -> RunOptions:
+    """How one single point runs: the site's cores and launcher, the campaign's limits."""
+    return RunOptions(
+        cores=cores,
+        timeout=cfg.labeling.timeout,
+        min_distance=cfg.safety.min_distance,
+        command=tuple(command) if command else None,
+    )
+
+
+def training_changes(cfg: Campaign, generation: int, *, warm: bool) -> dict[str, Any]:
+    """The campaign's changes to the NequIP template's settings for one generation."""
+    t = cfg.training
+    epochs = (t.warm_epochs or t.epochs) if warm else t.epochs
+    return {
+        "epochs": epochs,
+        "seed": cfg.seed + generation,
+        "validation_fraction": t.validation_fraction,
+        **t.overrides,
+    }
+
+
+def train_settings(template: Path, changes: dict[str, Any]) -> TrainSettings:
+    """The template's knobs with the campaign's changes on top."""
+    return TrainSettings.from_template(template, **changes)
