@@ -47,7 +47,7 @@ from hillwalker.engines.plumed import (
     prepare_input,
 )
 from hillwalker.engines.plumed_kernel import use_kernel
-from hillwalker.engines.walkers import WalkerSettings, run_segment
+from hillwalker.engines.walkers import Walker, WalkerSettings, run_segment
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "templates" / "mil53-al" / "plumed.dat"
@@ -258,14 +258,17 @@ def main() -> int:
         pressure=0.0,
         timestep_fs=TIMESTEP_FS,
         steps=args.rounds * args.chunk,
+        max_force=25.0,
+        min_distance=0.6,
+        max_temperature=3000.0,
         thermostat_time_fs=100.0,
         barostat_time_fs=1000.0,
     )
     started = time.perf_counter()
+    walker = Walker(index=0, generation=0, n_walkers=1, bias_dir=workdir / "segment" / "bias")
     segment = run_segment(
-        start_atoms(), model(), TEMPLATE, workdir / "segment", walker=0, generation=0,
-        n_walkers=1, bias_dir=workdir / "segment" / "bias", settings=settings, seed=0,
-    )  # fmt: skip
+        start_atoms(), model(), TEMPLATE, workdir / "segment", walker, settings, seed=0
+    )
     segment_rate = (settings.steps + 1) / (time.perf_counter() - started)
 
     result = {

@@ -20,28 +20,23 @@ Shared, persistent bias
     last safe state) changes the walker's state only, never the hills.
 
 A killed segment re-run adds no hills twice
-    Each walker's hills file is written by that walker alone. Before the MD starts the segment
-    writes ``<bias_dir>/.segments/walker-<i>.json`` (atomically) with the file's size in bytes and
-    hill count; it is marked ``done`` as the last act of the segment. When a segment starts and
-    finds its walker's record still ``running`` (the previous segment was killed), or ``done``
-    for the same generation (the segment is being re-run), the hills file is rolled back to the
-    recorded size — checked against the recorded hill count — by an atomic rewrite, and the event
-    is logged. A lock (``flock`` on ``walker-<i>.lock``, released by the OS even on SIGKILL) stops
-    two live copies of one walker. Other walkers running at that moment keep the rolled-back
-    hills they had already read until their own segment ends (their next segment re-reads the
-    files); a re-run's new hills reach them from their next segment on. Use one workdir per
-    (generation, walker): the segment clears its own COLVAR/log there before it starts.
+    :mod:`hillwalker.engines.hills_ledger` records each segment's start in the walker's hills
+    file and rolls a killed or re-run segment back (logged as an event); a lock stops two live
+    copies of one walker. Other walkers running at that moment keep the rolled-back hills they
+    had already read until their own segment ends (their next segment re-reads the files); a
+    re-run's new hills reach them from their next segment on. Use one workdir per (generation,
+    walker): the segment clears its own COLVAR/log there before it starts.
 
 Safety
     After every step: finite energy, largest force ≤ ``max_force`` (eV/Å), temperature ≤
     ``max_temperature`` (K); every ``check_stride`` steps also the shortest interatomic distance
-    ≥ ``min_distance`` (Å), and a state that passes all checks becomes the last safe state. Any
-    exception from the calculator or integrator (e.g. numpy ``LinAlgError`` in MTKNPT) is a
-    blow-up too. On a blow-up the segment stops, the walker goes back to the last safe state
-    (positions and cell; momenta re-drawn at the temperature, the step counter kept going) and
-    the event is recorded with the step and reason. If not even the start passes, the walker
-    goes to ``last_safe`` (given by the caller, e.g. the previous generation's state), else stays
-    at its start. Hills deposited before the blow-up stay in the bias.
+    ≥ ``min_distance`` (Å, :func:`hillwalker.engines.geometry.too_close`), and a state that passes
+    all checks becomes the last safe state. Any exception from the calculator or integrator (e.g.
+    numpy ``LinAlgError`` in MTKNPT) is a blow-up too. On a blow-up the segment stops, the walker
+    goes back to the last safe state (positions and cell; momenta re-drawn at the temperature,
+    the step counter kept going) and the event is recorded with the step and reason. If not even
+    the start passes, the walker goes to ``last_safe`` (given by the caller, e.g. the previous
+    generation's state), else stays at its start. Hills deposited before the blow-up stay.
 
 Units: ASE's inside (Å, eV, eV/Å³, ASE time); ``temperature`` K, ``pressure`` GPa (converted to
 eV/Å³ with ``ase.units.GPa``), times in fs (converted with ``ase.units.fs``). CV values in
@@ -51,11 +46,8 @@ eV/Å³ with ``ase.units.GPa``), times in fs (converted with ``ase.units.fs``). 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
+import dataclasses
 import math
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -71,18 +63,16 @@ from ase.md.md import MolecularDynamics
 from ase.md.nose_hoover_chain import MTKNPT
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
+from hillwalker.engines.dataset import STATUS_BLOWN_UP, STATUS_DONE
 from hillwalker.engines.files import atomic_open, atomic_write_json, atomic_write_text
 from hillwalker.engines.geometry import too_close
+from hillwalker.engines.hills_ledger import LedgerEntry, WalkerError, close_segment, open_segment
 from hillwalker.engines.plumed import (
     BIAS_MODES,
     BiasedCalculator,
     PlumedInputError,
     clean_input,
-    count_hills,
-    count_hills_in_bytes,
-    hills_file,
     hills_files,
-    init_bias_dir,
     keyword_value,
     metad_label,
     parse_action,
@@ -90,8 +80,23 @@ from hillwalker.engines.plumed import (
 )
 from hillwalker.engines.plumed_kernel import use_kernel
 
+__all__ = [
+    "COLVAR_NAME",
+    "LOG_NAME",
+    "PLUMED_INPUT_NAME",
+    "PLUMED_LOG_NAME",
+    "STATE_NAME",
+    "TRAJECTORY_NAME",
+    "Walker",
+    "WalkerError",
+    "WalkerSegment",
+    "WalkerSettings",
+    "run_segment",
+]
+
 Ensemble = Literal["nvt", "npt"]
-SegmentStatus = Literal["ok", "blown_up"]
+#: ``done`` (the segment ran all its steps) or ``blown_up`` (stopped and reset, see Safety)
+SegmentStatus = Literal["done", "blown_up"]
 
 STATE_NAME = "state.traj"
 LOG_NAME = "walker.log"
@@ -99,22 +104,46 @@ PLUMED_LOG_NAME = "plumed.log"
 PLUMED_INPUT_NAME = "plumed.dat"
 COLVAR_NAME = "COLVAR"
 TRAJECTORY_NAME = "trajectory.traj"
+EVENTS_NAME = "events.json"
 
 
-class WalkerError(RuntimeError):
-    """A segment that cannot start (bad state file, walker busy, hills that do not add up)."""
+@dataclass(frozen=True)
+class Walker:
+    """Which walker, in which generation, sharing which bias."""
+
+    index: int
+    generation: int
+    n_walkers: int
+    #: the folder of every walker's ``HILLS.<i>`` (and the hills ledger)
+    bias_dir: Path
+    #: ``shared`` (every walker feels every walker's hills), ``independent`` or ``none``
+    bias: str = "shared"
+
+    def __post_init__(self) -> None:
+        if self.bias not in BIAS_MODES:
+            raise ValueError(f"bias {self.bias!r}: expected one of {', '.join(BIAS_MODES)}")
+        if not 0 <= self.index < self.n_walkers:
+            raise ValueError(f"walker {self.index} is not one of 0..{self.n_walkers - 1}")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class WalkerSettings:
-    """How a walker moves. Units: K, GPa, fs, eV/Å, Å."""
+    """How a walker moves. Units: K, GPa, fs, eV/Å, Å.
 
-    ensemble: Ensemble = "nvt"
-    temperature: float = 300.0
+    The fields campaign.yaml sets (``walkers`` and ``safety``) have no defaults here: the
+    campaign's models are their one source. The engine-only knobs keep theirs.
+    """
+
+    ensemble: Ensemble
+    temperature: float
     #: external pressure for ``npt`` (GPa); None means 0
-    pressure: float | None = None
-    timestep_fs: float = 1.0
-    steps: int = 500
+    pressure: float | None
+    timestep_fs: float
+    steps: int
+    # safety thresholds
+    max_force: float
+    min_distance: float
+    max_temperature: float
     #: Langevin friction (nvt), 1/fs
     friction_per_fs: float = 0.01
     #: MTK thermostat and barostat damping times (npt), fs
@@ -128,10 +157,6 @@ class WalkerSettings:
     log_stride: int = 10
     #: how often (steps) walkers read each other's hills; None: the input's, else METAD's PACE
     walkers_rstride: int | None = None
-    # safety thresholds
-    max_force: float = 25.0
-    min_distance: float = 0.6
-    max_temperature: float = 3000.0
     #: distance check and last-safe-state copy every n steps (the other checks run every step)
     check_stride: int = 10
 
@@ -191,43 +216,7 @@ class WalkerSegment:
 
 
 # --------------------------------------------------------------------------------------------
-
-
-def run_segment_from_model(
-    model_path: Path,
-    start: Atoms | Path,
-    plumed_input: Path | str,
-    workdir: Path,
-    *,
-    walker: int,
-    generation: int,
-    n_walkers: int,
-    bias_dir: Path,
-    bias: str = "shared",
-    settings: WalkerSettings,
-    seed: int,
-    last_safe: Atoms | None = None,
-    device: str = "auto",
-) -> WalkerSegment:
-    """:func:`run_segment` with the NequIP model at ``model_path`` (what a workflow task runs)."""
-    from hillwalker.engines.nequip import load_calculator
-
-    calculator = load_calculator(Path(model_path), device=device)
-    return run_segment(
-        start,
-        calculator,
-        plumed_input,
-        workdir,
-        walker=walker,
-        generation=generation,
-        n_walkers=n_walkers,
-        bias_dir=bias_dir,
-        bias=bias,
-        settings=settings,
-        seed=seed,
-        last_safe=last_safe,
-        model=str(model_path),
-    )
+# one segment
 
 
 def run_segment(
@@ -235,13 +224,9 @@ def run_segment(
     calculator: Calculator,
     plumed_input: Path | str,
     workdir: Path,
-    *,
-    walker: int,
-    generation: int,
-    n_walkers: int,
-    bias_dir: Path,
-    bias: str = "shared",
+    walker: Walker,
     settings: WalkerSettings,
+    *,
     seed: int,
     last_safe: Atoms | None = None,
     model: str | None = None,
@@ -252,190 +237,193 @@ def run_segment(
     the temperature when it has none) or a state file written by a previous segment. A reset
     (the start structure, an older safe state) keeps the walker's step counter going: it starts
     at the end of the walker's last recorded segment if that is later.
-    ``plumed_input``: a path, or the input text itself (PLUMED units). ``bias``: ``shared``,
-    ``independent`` or ``none``. ``seed`` seeds the thermostat noise and any momenta drawn.
+    ``plumed_input``: a path, or the input text itself (PLUMED units). ``seed`` seeds the
+    thermostat noise and any momenta drawn. ``model`` (e.g. the model file) goes into
+    ``final.info["model"]``.
     """
-    if bias not in BIAS_MODES:
-        raise ValueError(f"bias {bias!r}: expected one of {', '.join(BIAS_MODES)}")
-    if not 0 <= walker < n_walkers:
-        raise ValueError(f"walker {walker} is not one of 0..{n_walkers - 1}")
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    bias_dir = Path(bias_dir).resolve()
+    walker = dataclasses.replace(walker, bias_dir=Path(walker.bias_dir).resolve())
     rng = np.random.default_rng(seed)
+    begin = _start_state(start, settings, rng)
+    source, text = _input_text(plumed_input)
+    lines = clean_input(text, source=source)
 
+    with contextlib.ExitStack() as stack:
+        ledger, events = _open_ledger(stack, walker, begin.step)
+        start_step = ledger.start_step if ledger is not None else begin.step
+        prepared, colvar = _walker_input(lines, walker, settings, workdir, source)
+        biased = _attach_bias(stack, calculator, prepared, begin.atoms, settings, workdir, source)
+        biased.istep = start_step
+        outputs = _Outputs.open(stack, workdir, settings)
+        cv_names = _cv_names(lines)
+        run = _run_md(begin.atoms, biased, settings, rng, start_step, outputs, cv_names, last_safe)
+        events.extend(run.events)
+        _finalize(biased)  # flush HILLS and COLVAR before the segment is recorded as done
+        return _finish(run, events, workdir, walker, ledger, begin, start_step, colvar, model)
+
+
+def _open_ledger(
+    stack: contextlib.ExitStack[Any], walker: Walker, start_step: int
+) -> tuple[LedgerEntry | None, list[dict[str, Any]]]:
+    """The walker's ledger entry (None without a bias) and the events of opening it."""
+    if walker.bias == "none":
+        return None, []
+    ledger = open_segment(
+        stack,
+        walker.bias_dir,
+        walker=walker.index,
+        n_walkers=walker.n_walkers,
+        generation=walker.generation,
+        bias=walker.bias,
+        start_step=start_step,
+    )
+    if not ledger.rolled_back:
+        return ledger, []
+    event = {"step": ledger.start_step, "kind": "hills_rolled_back", "removed": ledger.rolled_back}
+    return ledger, [event]
+
+
+@dataclass
+class _Start:
+    atoms: Atoms
+    #: the step counter of the start state
+    step: int
+    periodic: bool
+    #: the cell to give back to a non-periodic walker (PLUMED saw none)
+    original_cell: Any
+
+
+def _start_state(start: Atoms | Path, settings: WalkerSettings, rng: np.random.Generator) -> _Start:
     atoms = _load_start(start)
     if settings.ensemble == "npt" and not atoms.pbc.all():
         raise WalkerError("npt needs a periodic cell (pbc in all three directions)")
-    start_step = int(atoms.info.get("step", 0))
-    original_cell = atoms.cell.copy()
-    periodic = bool(atoms.pbc.any())
-    if not periodic:
+    begin = _Start(atoms, int(atoms.info.get("step", 0)), bool(atoms.pbc.any()), atoms.cell.copy())
+    if not begin.periodic:
         # ASE sends any non-zero cell to PLUMED as a periodic box, even with pbc=False
         atoms.cell[:] = 0.0
     if not atoms.has("momenta") or not np.any(atoms.get_momenta()):
         thermalize_momenta(atoms, temperature_K=settings.temperature, rng=rng)
         Stationary(atoms)
+    return begin
 
-    source, text = _input_text(plumed_input)
-    lines = clean_input(text, source=source)
+
+def _walker_input(
+    lines: list[str], walker: Walker, settings: WalkerSettings, workdir: Path, source: str
+) -> tuple[list[str], Path]:
+    """The input as this walker runs it (written to plumed.dat), and its COLVAR file."""
+    prepared = prepare_input(
+        lines,
+        walker_id=walker.index,
+        n_walkers=walker.n_walkers,
+        bias_dir=walker.bias_dir,
+        mode=walker.bias,  # type: ignore[arg-type]
+        workdir=workdir,
+        rstride=settings.walkers_rstride,
+        cv_stride=settings.cv_stride,
+        source=source,
+    )
     cv_names = _cv_names(lines)
-    label = metad_label(lines)
+    if not any(parse_action(line)[1] == "PRINT" for line in prepared) and cv_names:
+        label = metad_label(lines)
+        args = ",".join(cv_names + ([f"{label}.bias"] if label and walker.bias != "none" else []))
+        stride = settings.cv_stride or 1
+        prepared.append(f"PRINT ARG={args} STRIDE={stride} FILE={workdir / COLVAR_NAME}")
+    colvar = _print_file(prepared) or workdir / COLVAR_NAME
+    # this segment's own outputs: a killed earlier attempt must not leave lines in them
+    for path in (colvar, workdir / LOG_NAME, workdir / TRAJECTORY_NAME):
+        if path.parent == workdir:
+            path.unlink(missing_ok=True)
+    atomic_write_text(workdir / PLUMED_INPUT_NAME, "\n".join(prepared) + "\n")
+    return prepared, colvar
 
-    events: list[dict[str, Any]] = []
-    with contextlib.ExitStack() as stack:
-        own_hills: Path | None = None
-        hills_at_start = 0
-        record_path: Path | None = None
-        if bias != "none":
-            _check_walker_count(bias_dir, n_walkers, bias)
-            init_bias_dir(bias_dir, n_walkers)
-            stack.enter_context(_walker_lock(bias_dir, walker))
-            own_hills = hills_file(bias_dir, walker)
-            record_path = bias_dir / ".segments" / f"walker-{walker}.json"
-            # the step counter never goes back, not even on a reset to an older structure
-            start_step = max(start_step, _recorded_step(record_path, generation))
-            rolled = _roll_back_unfinished(record_path, own_hills, generation)
-            if rolled:
-                events.append({"step": start_step, "kind": "hills_rolled_back", "removed": rolled})
-            size = own_hills.stat().st_size
-            hills_at_start = count_hills(own_hills)
-            atomic_write_json(
-                record_path,
-                {
-                    "walker": walker,
-                    "generation": generation,
-                    "start_step": start_step,
-                    "bytes": size,
-                    "hills": hills_at_start,
-                    "status": "running",
-                    "started": time.time(),
-                },
-            )
 
-        prepared = prepare_input(
-            lines,
-            walker_id=walker,
-            n_walkers=n_walkers,
-            bias_dir=bias_dir,
-            mode=bias,  # type: ignore[arg-type]
-            workdir=workdir,
-            rstride=settings.walkers_rstride,
-            cv_stride=settings.cv_stride,
-            source=source,
+def _attach_bias(
+    stack: contextlib.ExitStack[Any],
+    calculator: Calculator,
+    prepared: list[str],
+    atoms: Atoms,
+    settings: WalkerSettings,
+    workdir: Path,
+    source: str,
+) -> Plumed:
+    """Wrap the model in PLUMED and make it the atoms' calculator (finalized when stack closes)."""
+    use_kernel()
+    try:
+        biased = BiasedCalculator(
+            calculator,
+            prepared,
+            timestep=settings.timestep_fs * units.fs,
+            atoms=atoms,
+            kT=units.kB * settings.temperature,
+            log=str(workdir / PLUMED_LOG_NAME),
+            restart=False,  # RESTART comes from the input (prepare_input) when hills exist
         )
-        if not any(parse_action(line)[1] == "PRINT" for line in prepared) and cv_names:
-            args = ",".join(cv_names + ([f"{label}.bias"] if label and bias != "none" else []))
-            stride = settings.cv_stride or 1
-            prepared.append(f"PRINT ARG={args} STRIDE={stride} FILE={workdir / COLVAR_NAME}")
-        colvar = _print_file(prepared) or workdir / COLVAR_NAME
-        # this segment's own outputs: a killed earlier attempt must not leave lines in them
-        for path in (colvar, workdir / LOG_NAME, workdir / TRAJECTORY_NAME):
-            if path.parent == workdir:
-                path.unlink(missing_ok=True)
-        atomic_write_text(workdir / PLUMED_INPUT_NAME, "\n".join(prepared) + "\n")
+    except Exception as exc:  # the kernel reports input errors as PlumedError
+        raise PlumedInputError(f"{source}: PLUMED rejected the input: {exc}") from exc
+    stack.callback(_finalize, biased)
+    atoms.calc = biased
+    return biased
 
-        use_kernel()
-        try:
-            biased = BiasedCalculator(
-                calculator,
-                prepared,
-                timestep=settings.timestep_fs * units.fs,
-                atoms=atoms,
-                kT=units.kB * settings.temperature,
-                log=str(workdir / PLUMED_LOG_NAME),
-                restart=False,  # RESTART comes from the input (prepare_input) when hills exist
-            )
-        except Exception as exc:  # the kernel reports input errors as PlumedError
-            raise PlumedInputError(f"{source}: PLUMED rejected the input: {exc}") from exc
-        stack.callback(_finalize, biased)
-        biased.istep = start_step
-        atoms.calc = biased
-        cv_memory = _cv_memory(biased, cv_names)
 
-        log = stack.enter_context(Path(workdir / LOG_NAME).open("w", buffering=1))
+@dataclass
+class _Outputs:
+    """The segment's running files: walker.log and, when asked for, trajectory.traj."""
+
+    log: IO[str]
+    trajectory: TrajectoryWriter | None
+
+    @classmethod
+    def open(
+        cls, stack: contextlib.ExitStack[Any], workdir: Path, settings: WalkerSettings
+    ) -> _Outputs:
+        # closed by the segment's ExitStack
+        log = stack.enter_context(Path(workdir / LOG_NAME).open("w", buffering=1))  # noqa: SIM115
         trajectory = (
             stack.enter_context(TrajectoryWriter(str(workdir / TRAJECTORY_NAME), "w"))
             if settings.trajectory_stride
             else None
         )
-        run = _run_md(
-            atoms, biased, settings, rng, start_step, log, trajectory, cv_memory, last_safe
-        )
-        events.extend(run.events)
-        _finalize(biased)  # flush HILLS and COLVAR before the segment is recorded as done
-        segment = _finish(
-            run,
-            events,
-            workdir,
-            bias_dir,
-            own_hills,
-            record_path,
-            hills_at_start,
-            periodic=periodic,
-            original_cell=original_cell,
-            walker=walker,
-            generation=generation,
-            model=model,
-            bias=bias,
-            start_step=start_step,
-            colvar=colvar,
-        )
-    return segment
+        return cls(log, trajectory)
 
 
 def _finish(
     run: _Run,
     events: list[dict[str, Any]],
     workdir: Path,
-    bias_dir: Path,
-    own_hills: Path | None,
-    record_path: Path | None,
-    hills_at_start: int,
-    *,
-    periodic: bool,
-    original_cell: Any,
-    walker: int,
-    generation: int,
-    model: str | None,
-    bias: str,
+    walker: Walker,
+    ledger: LedgerEntry | None,
+    begin: _Start,
     start_step: int,
     colvar: Path,
+    model: str | None,
 ) -> WalkerSegment:
     """Write the state, then mark the segment done (last, so a kill before it means 'redo')."""
     final = run.final
-    if not periodic:
-        final.cell = original_cell
+    if not begin.periodic:
+        final.cell = begin.original_cell
     final.info.update(
-        {"walker": walker, "generation": generation, "step": run.end_step, "model": model}
+        {"walker": walker.index, "generation": walker.generation, "step": run.end_step}
     )
-    if model is None:
-        del final.info["model"]
+    if model is not None:
+        final.info["model"] = model
+    else:
+        final.info.pop("model", None)
     state_path = workdir / STATE_NAME
     _write_state(state_path, final)
 
     hills_added = 0
     hills: list[Path] = []
-    if own_hills is not None and record_path is not None:
-        hills_added = count_hills(own_hills) - hills_at_start
-        hills = hills_files(bias_dir) if bias == "shared" else [own_hills]
-        record = json.loads(record_path.read_text())
-        record.update(
-            {
-                "status": "done",
-                "end_step": run.end_step,
-                "hills_added": hills_added,
-                "segment_status": run.status,
-            }
-        )
-        atomic_write_json(record_path, record)
+    if ledger is not None:
+        hills_added = close_segment(ledger, end_step=run.end_step, segment_status=run.status)
+        hills = hills_files(walker.bias_dir) if walker.bias == "shared" else [ledger.own_hills]
     for event in events:
-        event.setdefault("walker", walker)
-        event.setdefault("generation", generation)
-    atomic_write_json(workdir / "events.json", events)
+        event.setdefault("walker", walker.index)
+        event.setdefault("generation", walker.generation)
+    atomic_write_json(workdir / EVENTS_NAME, events)
     return WalkerSegment(
-        walker=walker,
-        generation=generation,
+        walker=walker.index,
+        generation=walker.generation,
         status=run.status,
         steps_done=run.end_step - start_step,
         start_step=start_step,
@@ -494,13 +482,13 @@ def _run_md(
     settings: WalkerSettings,
     rng: np.random.Generator,
     start_step: int,
-    log: IO[str],
-    trajectory: TrajectoryWriter | None,
-    cv_memory: dict[str, np.ndarray],
+    outputs: _Outputs,
+    cv_names: list[str],
     last_safe: Atoms | None,
 ) -> _Run:
+    cv_memory = _cv_memory(biased, cv_names)
     dyn = _make_integrator(atoms, settings, rng)
-    log.write("# step time_ps epot_eV bias_eV temperature_K volume_A3 fmax_eV/A cv\n")
+    outputs.log.write("# step time_ps epot_eV bias_eV temperature_K volume_A3 fmax_eV/A cv\n")
     safe: Atoms | None = None
     step = start_step
     reason: str | None = None
@@ -523,17 +511,31 @@ def _run_md(
             if reason is not None:
                 break
             if done % settings.log_stride == 0 or last:
-                _log_line(log, atoms, biased, settings, step, cv_memory)
-            if trajectory is not None and done % settings.trajectory_stride == 0:
-                trajectory.write(atoms)
+                _log_line(outputs.log, atoms, biased, settings, step, cv_memory)
+            if outputs.trajectory is not None and done % settings.trajectory_stride == 0:
+                outputs.trajectory.write(atoms)
     except Exception as exc:  # the integrator or the model blew up: a walker event, not a crash
         # the step being made when it failed (the start itself if it failed before any step)
         step = start_step + dyn.nsteps + (1 if evaluated else 0)
         reason = f"{type(exc).__name__}: {exc}"
     if reason is None:
         assert safe is not None  # the last step always runs the full check
-        return _Run("ok", step, safe, [], bias_start)
+        return _Run(STATUS_DONE, step, safe, [], bias_start)
     event: dict[str, Any] = {"step": step, "kind": "blow_up", "reason": reason}
+    safe = _reset_state(event, safe, last_safe, start_state, settings, rng)
+    outputs.log.write(f"# blow-up at step {step}: {reason}\n")
+    return _Run(STATUS_BLOWN_UP, step, safe, [event], bias_start)
+
+
+def _reset_state(
+    event: dict[str, Any],
+    safe: Atoms | None,
+    last_safe: Atoms | None,
+    start_state: Atoms,
+    settings: WalkerSettings,
+    rng: np.random.Generator,
+) -> Atoms:
+    """Where a blown-up walker goes back to (said in ``event``), with fresh momenta."""
     if safe is None and last_safe is not None:
         safe = last_safe.copy()
         safe.info = dict(last_safe.info)
@@ -543,12 +545,11 @@ def _run_md(
         safe = start_state
         event["reset_to"] = "start"
     else:
-        event["reset_to_step"] = int(safe.info.get("step", start_step))
+        event["reset_to_step"] = int(safe.info.get("step", start_state.info["step"]))
     # the safe state's own momenta may already lead back into the blow-up
     thermalize_momenta(safe, temperature_K=settings.temperature, rng=rng)
     Stationary(safe)
-    log.write(f"# blow-up at step {step}: {reason}\n")
-    return _Run("blown_up", step, safe, [event], bias_start)
+    return safe
 
 
 def _check_step(atoms: Atoms, biased: Plumed, settings: WalkerSettings) -> str | None:
@@ -609,7 +610,7 @@ def _log_line(
 
 
 # --------------------------------------------------------------------------------------------
-# state, input, hills bookkeeping
+# state and input
 
 
 def _load_start(start: Atoms | Path | str) -> Atoms:
@@ -698,74 +699,3 @@ def _finalize(biased: Plumed) -> None:
     biased._hillwalker_finalized = True  # type: ignore[attr-defined]
     with contextlib.suppress(Exception):  # after a kernel error finalize can fail too
         biased.plumed.finalize()
-
-
-@contextlib.contextmanager
-def _walker_lock(bias_dir: Path, walker: int) -> Iterator[None]:
-    path = bias_dir / ".segments" / f"walker-{walker}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise WalkerError(
-                f"walker {walker} is already running a segment ({path} is locked)"
-            ) from exc
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _check_walker_count(bias_dir: Path, n_walkers: int, bias: str) -> None:
-    """PLUMED reads HILLS.0 … HILLS.<n-1> only: hills of walkers beyond would silently drop out."""
-    if bias != "shared":
-        return
-    for path in hills_files(bias_dir):
-        walker = int(path.name.rsplit(".", 1)[1])
-        if walker >= n_walkers and count_hills(path):
-            raise WalkerError(
-                f"{path} holds hills of walker {walker}, but n_walkers is {n_walkers}: the shared "
-                "bias would lose them; keep n_walkers or merge the hills first"
-            )
-
-
-def _recorded_step(record_path: Path, generation: int) -> int:
-    """Where the walker's step counter stands: the end of its last segment, or the start of
-    the segment being redone (killed, or re-run for the same generation)."""
-    if not record_path.is_file():
-        return 0
-    try:
-        record = json.loads(record_path.read_text())
-        redo = record["status"] != "done" or int(record["generation"]) == generation
-        return int(record["start_step"] if redo else record.get("end_step", record["start_step"]))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise WalkerError(f"{record_path}: unreadable segment record ({exc})") from exc
-
-
-def _roll_back_unfinished(record_path: Path, own_hills: Path, generation: int) -> int:
-    """Undo the hills of a killed segment, or of the segment being re-run; return how many."""
-    if not record_path.is_file():
-        return 0
-    try:
-        record = json.loads(record_path.read_text())
-        size, expected = int(record["bytes"]), int(record["hills"])
-        status, recorded_generation = record["status"], int(record["generation"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise WalkerError(f"{record_path}: unreadable segment record ({exc})") from exc
-    if status == "done" and recorded_generation != generation:
-        return 0
-    data = own_hills.read_bytes()
-    kept = data[:size]
-    if len(data) < size or count_hills_in_bytes(kept) != expected:
-        raise WalkerError(
-            f"{own_hills}: cannot roll back to the {expected} hills recorded in {record_path} "
-            f"(the file has {len(data)} bytes, the record {size}); restore the bias from a "
-            "snapshot (hillwalker.engines.plumed.restore_hills)"
-        )
-    removed = count_hills_in_bytes(data) - expected
-    if len(data) != size:
-        # a new file (rename), so walkers still reading the old one never see a cut line
-        with atomic_open(own_hills, "wb") as handle:
-            handle.write(kept)
-    return removed

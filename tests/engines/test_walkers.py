@@ -22,10 +22,10 @@ from hillwalker.engines.plumed import (
     count_hills,
     read_hills,
 )
-from hillwalker.engines.walkers import WalkerError, WalkerSettings, run_segment
+from hillwalker.engines.walkers import Walker, WalkerError, WalkerSettings, run_segment
 
 sys.path.insert(0, str(Path(__file__).parent))
-from walker_job import PLUMED_INPUT, PausingLJ, trimer
+from walker_job import PLUMED_INPUT, PausingLJ, lj_settings, trimer
 
 JOB = Path(__file__).with_name("walker_job.py")
 
@@ -102,15 +102,14 @@ def test_two_concurrent_walkers_share_hills(tmp_path: Path) -> None:
 
 def test_independent_walkers_do_not_share(tmp_path: Path) -> None:
     bias = tmp_path / "bias"
-    settings = WalkerSettings(temperature=60.0, timestep_fs=5.0, steps=50)
-    common = {"n_walkers": 2, "bias_dir": bias, "bias": "independent", "settings": settings}
+    settings = lj_settings(steps=50)
     first = run_segment(
-        trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "w0", walker=0, generation=1, seed=1,
-        **common,
+        trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "w0", Walker(0, 1, 2, bias, "independent"),
+        settings, seed=1,
     )  # fmt: skip
     second = run_segment(
-        trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "w1", walker=1, generation=1, seed=1,
-        **common,
+        trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "w1", Walker(1, 1, 2, bias, "independent"),
+        settings, seed=1,
     )  # fmt: skip
     assert first.hills_added == second.hills_added == 10
     assert first.hills == [bias.resolve() / "HILLS.0"]
@@ -125,22 +124,22 @@ def test_independent_walkers_do_not_share(tmp_path: Path) -> None:
 
 def test_bias_continues_across_generations(tmp_path: Path) -> None:
     bias = tmp_path / "bias"
-    settings = WalkerSettings(temperature=60.0, timestep_fs=5.0, steps=203)
+    settings = lj_settings(steps=203)
     first = run_segment(
-        trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "g1", walker=0, generation=1,
-        n_walkers=1, bias_dir=bias, settings=settings, seed=1,
+        trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "g1", Walker(0, 1, 1, bias), settings,
+        seed=1,
     )  # fmt: skip
-    assert (first.status, first.start_step, first.end_step) == ("ok", 0, 203)
+    assert (first.status, first.start_step, first.end_step) == ("done", 0, 203)
     hills_1 = count_hills(bias)
     assert hills_1 == first.hills_added == 40  # steps 5..200
     state = read(first.state_path)
     assert state.info["step"] == 203
     np.testing.assert_array_equal(state.get_momenta(), first.final.get_momenta())
 
-    settings.steps = 100
+    settings = lj_settings(steps=100)
     second = run_segment(
-        first.state_path, PausingLJ(), PLUMED_INPUT, tmp_path / "g2", walker=0, generation=2,
-        n_walkers=1, bias_dir=bias, settings=settings, seed=2,
+        first.state_path, PausingLJ(), PLUMED_INPUT, tmp_path / "g2", Walker(0, 2, 1, bias),
+        settings, seed=2,
     )  # fmt: skip
     assert (second.start_step, second.end_step) == (203, 303)
     # the same state, the same hills: the bias at the start of generation 2 is the bias at the
@@ -161,8 +160,8 @@ def test_bias_continues_across_generations(tmp_path: Path) -> None:
 
     # a reset to the start structure keeps the bias and the step counter
     reset = run_segment(
-        trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "g3", walker=0, generation=3,
-        n_walkers=1, bias_dir=bias, settings=settings, seed=3,
+        trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "g3", Walker(0, 3, 1, bias), settings,
+        seed=3,
     )  # fmt: skip
     assert (reset.start_step, reset.end_step) == (303, 403)
     d0 = trimer().get_distance(0, 1) / 10
@@ -177,14 +176,14 @@ def test_bias_on_a_grid_continues_across_generations(tmp_path: Path) -> None:
     # the MIL-53 template biases on a grid: restarting rebuilds it from the files
     text = PLUMED_INPUT.replace("PACE=5", "PACE=5 GRID_MIN=0.2 GRID_MAX=1.2 GRID_BIN=2000")
     bias = tmp_path / "bias"
-    settings = WalkerSettings(temperature=60.0, timestep_fs=5.0, steps=103)
-    common = {"walker": 0, "n_walkers": 2, "bias_dir": bias, "settings": settings}
+    settings = lj_settings(steps=103)
     first = run_segment(
-        trimer(), PausingLJ(), text, tmp_path / "g1", generation=1, seed=1, **common
+        trimer(), PausingLJ(), text, tmp_path / "g1", Walker(0, 1, 2, bias), settings, seed=1
     )
     second = run_segment(
-        first.state_path, PausingLJ(), text, tmp_path / "g2", generation=2, seed=2, **common
-    )
+        first.state_path, PausingLJ(), text, tmp_path / "g2", Walker(0, 2, 2, bias), settings,
+        seed=2,
+    )  # fmt: skip
     assert first.hills_added == 20 and first.final.info["bias"] > 0.5 * KJ_PER_MOL
     assert second.bias_start == pytest.approx(first.final.info["bias"], abs=1e-9)
 
@@ -192,15 +191,14 @@ def test_bias_on_a_grid_continues_across_generations(tmp_path: Path) -> None:
 def test_going_from_one_walker_to_two_keeps_the_hills(tmp_path: Path) -> None:
     # PLUMED adds a 'clock' column for multiple walkers: the file then has two FIELDS blocks
     bias = tmp_path / "bias"
-    settings = WalkerSettings(temperature=60.0, timestep_fs=5.0, steps=52)
-    common = {"bias_dir": bias, "settings": settings, "seed": 1}
+    settings = lj_settings(steps=52)
     one = run_segment(
-        trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "g1", walker=0, generation=1,
-        n_walkers=1, **common,
+        trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "g1", Walker(0, 1, 1, bias), settings,
+        seed=1,
     )  # fmt: skip
     two = run_segment(
-        one.state_path, PausingLJ(), PLUMED_INPUT, tmp_path / "g2", walker=0, generation=2,
-        n_walkers=2, **common,
+        one.state_path, PausingLJ(), PLUMED_INPUT, tmp_path / "g2", Walker(0, 2, 2, bias),
+        settings, seed=1,
     )  # fmt: skip
     text = (bias / "HILLS.0").read_text()
     assert "clock" in text and text.count("#! FIELDS") == 2
@@ -235,12 +233,11 @@ def test_killed_segment_rerun_does_not_duplicate_hills(tmp_path: Path) -> None:
     record = json.loads((bias / ".segments" / "walker-0.json").read_text())
     assert record["status"] == "running"
 
-    settings = WalkerSettings(temperature=60.0, timestep_fs=5.0, steps=100)
+    settings = lj_settings(steps=100)
     rerun = run_segment(
-        trimer(), PausingLJ(), PLUMED_INPUT, workdir, walker=0, generation=1, n_walkers=1,
-        bias_dir=bias, settings=settings, seed=5,
-    )  # fmt: skip
-    assert rerun.status == "ok"
+        trimer(), PausingLJ(), PLUMED_INPUT, workdir, Walker(0, 1, 1, bias), settings, seed=5
+    )
+    assert rerun.status == "done"
     assert rerun.events[0]["kind"] == "hills_rolled_back"
     assert rerun.events[0]["removed"] == killed_hills
     assert count_hills(hills) == rerun.hills_added == 20
@@ -250,32 +247,31 @@ def test_killed_segment_rerun_does_not_duplicate_hills(tmp_path: Path) -> None:
     assert len(colvar(rerun.colvar)) == 101
     # running the same generation again replaces it; the next generation adds to it
     again = run_segment(
-        trimer(), PausingLJ(), PLUMED_INPUT, workdir, walker=0, generation=1, n_walkers=1,
-        bias_dir=bias, settings=settings, seed=5,
-    )  # fmt: skip
+        trimer(), PausingLJ(), PLUMED_INPUT, workdir, Walker(0, 1, 1, bias), settings, seed=5
+    )
     assert count_hills(hills) == 20
     assert again.events[0] == {
         "step": 0, "kind": "hills_rolled_back", "removed": 20, "walker": 0, "generation": 1
     }  # fmt: skip
     run_segment(
-        again.state_path, PausingLJ(), PLUMED_INPUT, tmp_path / "g2", walker=0, generation=2,
-        n_walkers=1, bias_dir=bias, settings=settings, seed=6,
+        again.state_path, PausingLJ(), PLUMED_INPUT, tmp_path / "g2", Walker(0, 2, 1, bias),
+        settings, seed=6,
     )  # fmt: skip
     assert count_hills(hills) == 40
 
 
 def test_fewer_walkers_than_hills_files_is_refused(tmp_path: Path) -> None:
     bias = tmp_path / "bias"
-    settings = WalkerSettings(temperature=60.0, timestep_fs=5.0, steps=20)
+    settings = lj_settings(steps=20)
     run_segment(
-        trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "w2", walker=2, generation=1,
-        n_walkers=3, bias_dir=bias, settings=settings, seed=1,
+        trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "w2", Walker(2, 1, 3, bias), settings,
+        seed=1,
     )  # fmt: skip
     assert count_hills(bias / "HILLS.2") == 4
     with pytest.raises(WalkerError, match=r"HILLS\.2 holds hills of walker 2, but n_walkers is 2"):
         run_segment(
-            trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "w0", walker=0, generation=2,
-            n_walkers=2, bias_dir=bias, settings=settings, seed=1,
+            trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "w0", Walker(0, 2, 2, bias), settings,
+            seed=1,
         )  # fmt: skip
 
 
@@ -291,12 +287,12 @@ def test_a_running_walker_is_locked(tmp_path: Path) -> None:
     while not record.exists():
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    settings = WalkerSettings(temperature=60.0, timestep_fs=5.0, steps=5)
+    settings = lj_settings(steps=5)
     try:
         with pytest.raises(WalkerError, match="walker 0 is already running"):
             run_segment(
-                trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "x", walker=0, generation=1,
-                n_walkers=1, bias_dir=bias, settings=settings, seed=1,
+                trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "x", Walker(0, 1, 1, bias),
+                settings, seed=1,
             )  # fmt: skip
     finally:
         done.write_text("go")
@@ -309,13 +305,12 @@ def test_a_running_walker_is_locked(tmp_path: Path) -> None:
 def test_blow_up_goes_back_to_the_last_safe_state(tmp_path: Path) -> None:
     bias = tmp_path / "bias"
     # a force limit the hot trimer soon exceeds: a real check tripping in a real run
-    settings = WalkerSettings(
-        temperature=300.0, timestep_fs=5.0, steps=400, max_force=0.05, check_stride=4,
-        trajectory_stride=1,
-    )  # fmt: skip
+    settings = lj_settings(
+        temperature=300.0, steps=400, max_force=0.05, check_stride=4, trajectory_stride=1
+    )
     segment = run_segment(
-        trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "w", walker=0, generation=3,
-        n_walkers=1, bias_dir=bias, settings=settings, seed=3,
+        trimer(), PausingLJ(), PLUMED_INPUT, tmp_path / "w", Walker(0, 3, 1, bias), settings,
+        seed=3,
     )  # fmt: skip
     assert segment.status == "blown_up"
     (event,) = segment.events
@@ -338,11 +333,11 @@ def test_a_start_that_fails_the_checks_goes_to_last_safe(tmp_path: Path) -> None
     crushed.positions[1] = [0.4, 0.0, 0.0]  # 0.4 Å: enormous LJ forces at the first evaluation
     crushed.info["step"] = 500
     safe = trimer()
-    settings = WalkerSettings(temperature=60.0, timestep_fs=5.0, steps=50)
-    kwargs = {"walker": 0, "generation": 2, "n_walkers": 1, "settings": settings, "seed": 1}
+    settings = lj_settings(steps=50)
+    walker = Walker(0, 2, 1, tmp_path / "bias")
     segment = run_segment(
-        crushed, PausingLJ(), PLUMED_INPUT, tmp_path / "a", bias_dir=tmp_path / "bias",
-        last_safe=safe, **kwargs,
+        crushed, PausingLJ(), PLUMED_INPUT, tmp_path / "a", walker, settings, seed=1,
+        last_safe=safe,
     )  # fmt: skip
     assert segment.status == "blown_up" and segment.steps_done == 0
     assert segment.events[0]["reset_to"] == "last_safe"
@@ -352,7 +347,7 @@ def test_a_start_that_fails_the_checks_goes_to_last_safe(tmp_path: Path) -> None
     assert count_hills(tmp_path / "bias") == 0
     # without a last safe state the walker stays at its start (and says so)
     alone = run_segment(
-        crushed, PausingLJ(), PLUMED_INPUT, tmp_path / "b", bias_dir=tmp_path / "bias", **kwargs
+        crushed, PausingLJ(), PLUMED_INPUT, tmp_path / "b", walker, settings, seed=1
     )
     assert alone.events[0]["reset_to"] == "start"
     np.testing.assert_allclose(alone.final.positions, crushed.positions)
@@ -367,12 +362,12 @@ def test_atoms_too_close_across_a_skewed_periodic_boundary(tmp_path: Path) -> No
     atoms.positions[1] = atoms.positions[0] + [0.0, -0.5, 0.0]
     atoms.wrap()
     assert atoms.get_distance(0, 1) > 2.0 and atoms.get_distance(0, 1, mic=True) < 0.51
-    settings = WalkerSettings(
+    settings = lj_settings(
         temperature=10.0, timestep_fs=1.0, steps=5, max_force=1e12, max_temperature=1e12
     )
     segment = run_segment(
-        atoms, PausingLJ(), PLUMED_INPUT, tmp_path / "w", walker=0, generation=1, n_walkers=1,
-        bias_dir=tmp_path / "bias", bias="none", settings=settings, seed=1,
+        atoms, PausingLJ(), PLUMED_INPUT, tmp_path / "w", Walker(0, 1, 1, tmp_path / "bias", "none"),
+        settings, seed=1,
     )  # fmt: skip
     assert segment.status == "blown_up"
     assert (
@@ -384,10 +379,10 @@ def test_atoms_too_close_across_a_skewed_periodic_boundary(tmp_path: Path) -> No
 def test_a_plumed_error_during_md_is_a_blow_up(tmp_path: Path) -> None:
     # the CV leaves METAD's grid: the kernel throws inside the force call
     text = PLUMED_INPUT.replace("PACE=5", "PACE=5 GRID_MIN=0.36 GRID_MAX=0.40 GRID_BIN=40")
-    settings = WalkerSettings(temperature=300.0, timestep_fs=5.0, steps=2000)
+    settings = lj_settings(temperature=300.0, steps=2000)
     segment = run_segment(
-        trimer(), PausingLJ(), text, tmp_path / "w", walker=0, generation=1, n_walkers=1,
-        bias_dir=tmp_path / "bias", settings=settings, seed=3,
+        trimer(), PausingLJ(), text, tmp_path / "w", Walker(0, 1, 1, tmp_path / "bias"), settings,
+        seed=3,
     )  # fmt: skip
     assert segment.status == "blown_up"
     assert "PlumedError" in segment.events[0]["reason"]
@@ -402,10 +397,10 @@ def test_molecule_in_vacuum_gets_no_periodic_box(tmp_path: Path) -> None:
     atoms.positions[1] = [6.0, 0.0, 0.0]
     atoms.cell = [10.0, 10.0, 10.0]  # a cell that would fold 6 Å to 4 Å if sent as a box
     atoms.pbc = False
-    settings = WalkerSettings(temperature=1.0, timestep_fs=1.0, steps=2)
+    settings = lj_settings(temperature=1.0, timestep_fs=1.0, steps=2)
     segment = run_segment(
-        atoms, PausingLJ(), PLUMED_INPUT, tmp_path / "w", walker=0, generation=1, n_walkers=1,
-        bias_dir=tmp_path / "bias", bias="none", settings=settings, seed=1,
+        atoms, PausingLJ(), PLUMED_INPUT, tmp_path / "w", Walker(0, 1, 1, tmp_path / "bias", "none"),
+        settings, seed=1,
     )  # fmt: skip
     trace = colvar(segment.colvar)
     assert trace[0, 1] == pytest.approx(0.6, abs=1e-9)  # nm: the true distance
@@ -440,7 +435,7 @@ def write_volume_ramp(path: Path) -> None:
 @pytest.mark.slow
 def test_volume_bias_moves_the_mil53_cell_in_npt(tmp_path: Path, mil53_model) -> None:
     """Same start, seed and settings; with the bias the cell grows more than without it."""
-    from hillwalker.engines.walkers import run_segment_from_model
+    from hillwalker.engines.nequip import load_calculator
 
     start = read(DATA / "mil53_np_relaxed_xtb.extxyz")
     start.calc = None
@@ -454,15 +449,17 @@ def test_volume_bias_moves_the_mil53_cell_in_npt(tmp_path: Path, mil53_model) ->
 
     settings = WalkerSettings(
         ensemble="npt", temperature=300.0, pressure=0.0, timestep_fs=1.0, steps=200,
+        max_force=25.0, min_distance=0.6, max_temperature=3000.0,
         thermostat_time_fs=50.0, barostat_time_fs=100.0, cv_stride=5,
     )  # fmt: skip
     runs = {}
     for mode in ("shared", "none"):
-        runs[mode] = run_segment_from_model(
-            mil53_model.compiled, start, TEMPLATE, tmp_path / mode, walker=0, generation=1,
-            n_walkers=1, bias_dir=bias, bias=mode, settings=settings, seed=7, device="cpu",
+        calculator = load_calculator(mil53_model.compiled, device="cpu")
+        runs[mode] = run_segment(
+            start, calculator, TEMPLATE, tmp_path / mode, Walker(0, 1, 1, bias, mode), settings,
+            seed=7, model=str(mil53_model.compiled),
         )  # fmt: skip
-        assert runs[mode].status == "ok", runs[mode].events
+        assert runs[mode].status == "done", runs[mode].events
     biased, unbiased = (colvar(runs[m].colvar)[:, 1] for m in ("shared", "none"))
     assert biased[0] == pytest.approx(v0, abs=1e-6) == unbiased[0]  # COLVAR: %f
     assert runs["shared"].bias_start == pytest.approx(bias_from_hills(ramp, v0)[0], abs=1e-3)
@@ -471,3 +468,15 @@ def test_volume_bias_moves_the_mil53_cell_in_npt(tmp_path: Path, mil53_model) ->
     assert late_biased > late_unbiased + 5.0, (late_biased, late_unbiased)
     assert runs["shared"].final.get_volume() > runs["none"].final.get_volume()
     assert runs["shared"].final.info["model"] == str(mil53_model.compiled)
+
+
+def test_walker_and_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="bias 'both': expected one of shared"):
+        Walker(0, 1, 1, Path("bias"), "both")
+    with pytest.raises(ValueError, match=r"walker 2 is not one of 0\.\.1"):
+        Walker(2, 1, 2, Path("bias"))
+    # what campaign.yaml sets has no default of its own here (ensemble was nvt here, npt there)
+    with pytest.raises(TypeError, match="missing .* keyword-only arguments"):
+        WalkerSettings(steps=5)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="ensemble 'nve'"):
+        lj_settings(ensemble="nve")

@@ -18,7 +18,7 @@ from pathlib import Path
 from ase import Atoms
 from ase.calculators.lj import LennardJones
 
-from hillwalker.engines.walkers import WalkerSettings, run_segment
+from hillwalker.engines.walkers import Walker, WalkerSettings, run_segment
 
 #: LJ trimer, CV = distance of atoms 1 and 2 (nm); exact (no grid) hills every 5 steps
 PLUMED_INPUT = """
@@ -26,6 +26,21 @@ d: DISTANCE ATOMS=1,2
 metad: METAD ARG=d SIGMA=0.02 HEIGHT=0.5 PACE=5
 PRINT ARG=d,metad.bias STRIDE=1 FILE=COLVAR FMT=%24.14f
 """
+
+
+def lj_settings(**changes: object) -> WalkerSettings:
+    """The trimer's walker settings: cold, long steps; every campaign-set field spelled out."""
+    fields: dict[str, object] = {
+        "ensemble": "nvt",
+        "temperature": 60.0,
+        "pressure": None,
+        "timestep_fs": 5.0,
+        "steps": 50,
+        "max_force": 25.0,
+        "min_distance": 0.6,
+        "max_temperature": 3000.0,
+    }
+    return WalkerSettings(**{**fields, **changes})  # type: ignore[arg-type]
 
 
 def trimer() -> Atoms:
@@ -59,24 +74,21 @@ class PausingLJ(LennardJones):
 def main(job_path: str) -> None:
     job = json.loads(Path(job_path).read_text())
     workdir = Path(job["workdir"])
-    settings = WalkerSettings(
-        temperature=60.0,
-        timestep_fs=5.0,
-        steps=job["steps"],
-        walkers_rstride=5,
-        log_stride=1,
+    settings = lj_settings(steps=job["steps"], walkers_rstride=5, log_stride=1)
+    walker = Walker(
+        index=job["walker"],
+        generation=job.get("generation", 1),
+        n_walkers=job["n_walkers"],
+        bias_dir=Path(job["bias_dir"]),
+        bias=job.get("bias", "shared"),
     )
     segment = run_segment(
         trimer(),
         PausingLJ(job.get("pause_at"), job.get("pause_until")),
         PLUMED_INPUT,
         workdir,
-        walker=job["walker"],
-        generation=job.get("generation", 1),
-        n_walkers=job["n_walkers"],
-        bias_dir=Path(job["bias_dir"]),
-        bias=job.get("bias", "shared"),
-        settings=settings,
+        walker,
+        settings,
         seed=job["seed"],
     )
     result = {

@@ -1,0 +1,178 @@
+"""The hills ledger: which part of a walker's hills file each segment wrote, so a re-run can undo it.
+
+Each walker's hills file (``<bias_dir>/HILLS.<walker>``) is written by that walker alone. Before
+its MD starts a segment writes ``<bias_dir>/.segments/walker-<i>.json`` (atomically) with the
+file's size in bytes and hill count, status ``running``; it is marked ``done`` as the last act of
+the segment. A segment that finds its walker's record still ``running`` (the previous segment was
+killed), or ``done`` for the same generation (the segment is being re-run), first cuts the hills
+file back to the recorded size — checked against the recorded hill count — by an atomic rewrite.
+A lock (``flock`` on ``walker-<i>.lock``, released by the OS even on SIGKILL) stops two live
+copies of one walker. The record also keeps the walker's step counter, which never goes back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hillwalker.engines.files import atomic_open, atomic_write_json
+from hillwalker.engines.plumed import (
+    count_hills,
+    count_hills_in_bytes,
+    hills_file,
+    hills_files,
+    init_bias_dir,
+)
+
+#: the ledger's folder inside a bias directory
+LEDGER_DIR = ".segments"
+
+
+class WalkerError(RuntimeError):
+    """A segment that cannot start (bad state file, walker busy, hills that do not add up)."""
+
+
+@dataclass
+class LedgerEntry:
+    """The open record of one walker's running segment."""
+
+    record_path: Path
+    own_hills: Path
+    #: hills in the walker's own file when the segment started
+    hills_at_start: int
+    #: where the step counter starts (never before the end of the walker's last segment)
+    start_step: int
+    #: hills of a killed or re-run segment this one removed first (0: none)
+    rolled_back: int
+
+
+def record_path(bias_dir: Path, walker: int) -> Path:
+    return bias_dir / LEDGER_DIR / f"walker-{walker}.json"
+
+
+def open_segment(
+    stack: contextlib.ExitStack[Any],
+    bias_dir: Path,
+    *,
+    walker: int,
+    n_walkers: int,
+    generation: int,
+    bias: str,
+    start_step: int,
+) -> LedgerEntry:
+    """Lock the walker (until ``stack`` closes), undo an unfinished segment, record this one."""
+    check_walker_count(bias_dir, n_walkers, bias)
+    init_bias_dir(bias_dir, n_walkers)
+    stack.enter_context(walker_lock(bias_dir, walker))
+    own_hills = hills_file(bias_dir, walker)
+    path = record_path(bias_dir, walker)
+    # the step counter never goes back, not even on a reset to an older structure
+    start_step = max(start_step, recorded_step(path, generation))
+    rolled = roll_back_unfinished(path, own_hills, generation)
+    hills_at_start = count_hills(own_hills)
+    atomic_write_json(
+        path,
+        {
+            "walker": walker,
+            "generation": generation,
+            "start_step": start_step,
+            "bytes": own_hills.stat().st_size,
+            "hills": hills_at_start,
+            "status": "running",
+            "started": time.time(),
+        },
+    )
+    return LedgerEntry(path, own_hills, hills_at_start, start_step, rolled)
+
+
+def close_segment(entry: LedgerEntry, *, end_step: int, segment_status: str) -> int:
+    """Mark the segment done (its last act: a kill before it means 'redo'); return hills added."""
+    hills_added = count_hills(entry.own_hills) - entry.hills_at_start
+    record = json.loads(entry.record_path.read_text())
+    record.update(
+        {
+            "status": "done",
+            "end_step": end_step,
+            "hills_added": hills_added,
+            "segment_status": segment_status,
+        }
+    )
+    atomic_write_json(entry.record_path, record)
+    return hills_added
+
+
+@contextlib.contextmanager
+def walker_lock(bias_dir: Path, walker: int) -> Iterator[None]:
+    path = bias_dir / LEDGER_DIR / f"walker-{walker}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise WalkerError(
+                f"walker {walker} is already running a segment ({path} is locked)"
+            ) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def check_walker_count(bias_dir: Path, n_walkers: int, bias: str) -> None:
+    """PLUMED reads HILLS.0 … HILLS.<n-1> only: hills of walkers beyond would silently drop out."""
+    if bias != "shared":
+        return
+    for path in hills_files(bias_dir):
+        walker = int(path.name.rsplit(".", 1)[1])
+        if walker >= n_walkers and count_hills(path):
+            raise WalkerError(
+                f"{path} holds hills of walker {walker}, but n_walkers is {n_walkers}: the shared "
+                "bias would lose them; keep n_walkers or merge the hills first"
+            )
+
+
+def recorded_step(record_path: Path, generation: int) -> int:
+    """Where the walker's step counter stands: the end of its last segment, or the start of
+    the segment being redone (killed, or re-run for the same generation)."""
+    if not record_path.is_file():
+        return 0
+    try:
+        record = json.loads(record_path.read_text())
+        redo = record["status"] != "done" or int(record["generation"]) == generation
+        return int(record["start_step"] if redo else record.get("end_step", record["start_step"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise WalkerError(f"{record_path}: unreadable segment record ({exc})") from exc
+
+
+def roll_back_unfinished(record_path: Path, own_hills: Path, generation: int) -> int:
+    """Undo the hills of a killed segment, or of the segment being re-run; return how many."""
+    if not record_path.is_file():
+        return 0
+    try:
+        record = json.loads(record_path.read_text())
+        size, expected = int(record["bytes"]), int(record["hills"])
+        status, recorded_generation = record["status"], int(record["generation"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise WalkerError(f"{record_path}: unreadable segment record ({exc})") from exc
+    if status == "done" and recorded_generation != generation:
+        return 0
+    data = own_hills.read_bytes()
+    kept = data[:size]
+    if len(data) < size or count_hills_in_bytes(kept) != expected:
+        raise WalkerError(
+            f"{own_hills}: cannot roll back to the {expected} hills recorded in {record_path} "
+            f"(the file has {len(data)} bytes, the record {size}); restore the bias from a "
+            "snapshot (hillwalker.engines.plumed.restore_hills)"
+        )
+    removed = count_hills_in_bytes(data) - expected
+    if len(data) != size:
+        # a new file (rename), so walkers still reading the old one never see a cut line
+        with atomic_open(own_hills, "wb") as handle:
+            handle.write(kept)
+    return removed
