@@ -19,12 +19,12 @@ from hillwalker.engines.dataset import label, labels, read_frames, write_frames
 from hillwalker.engines.nequip import (
     ModelError,
     TrainSettings,
-    _energy_shifts,
     evaluate,
     load_calculator,
     model_species,
     train,
 )
+from hillwalker.engines.nequip.data import energy_shifts
 
 MIL53_SPECIES = ["H", "C", "O", "Al"]
 
@@ -248,13 +248,13 @@ def test_energy_shifts_from_data():
         return label(atoms, energy, np.zeros((len(atoms), 3)))
 
     same = [label(cell, -8.0 + d, np.zeros((2, 3))) for d in (-0.1, 0.0, 0.1)]
-    assert _energy_shifts(same, ["Al", "Cu"], None, []) == pytest.approx({"Al": -4.0, "Cu": -4.0})
+    assert energy_shifts(same, ["Al", "Cu"], None, []) == pytest.approx({"Al": -4.0, "Cu": -4.0})
     mixed = [frame("CuAl"), frame("Cu3Al"), frame("CuAl2")]
-    assert _energy_shifts(mixed, ["Al", "Cu"], None, []) == pytest.approx(per_type, abs=1e-4)
+    assert energy_shifts(mixed, ["Al", "Cu"], None, []) == pytest.approx(per_type, abs=1e-4)
     given = {"Al": -1.0, "Cu": -2.0, "O": -3.0}
-    assert _energy_shifts(mixed, ["Al", "Cu"], given, []) == {"Al": -1.0, "Cu": -2.0}
+    assert energy_shifts(mixed, ["Al", "Cu"], given, []) == {"Al": -1.0, "Cu": -2.0}
     with pytest.raises(ModelError, match="no energy for element"):
-        _energy_shifts(mixed, ["Al", "Cu"], {"Al": -1.0}, [])
+        energy_shifts(mixed, ["Al", "Cu"], {"Al": -1.0}, [])
 
 
 @pytest.mark.slow

@@ -1,0 +1,106 @@
+"""The frames a model trains on: which count, their species, stress, energy shifts, the split."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.data import atomic_numbers
+
+from hillwalker.engines.dataset import STATUS_FAILED, DatasetError, label, labels, read_frames
+from hillwalker.engines.nequip.model_files import ModelError
+
+
+def training_frames(paths: list[Path]) -> list[Atoms]:
+    frames: list[Atoms] = []
+    for path in paths:
+        try:
+            got = read_frames(path)
+        except DatasetError as exc:
+            raise ModelError(str(exc)) from exc
+        for i, atoms in enumerate(got):
+            if atoms.info.get("status") == STATUS_FAILED:
+                continue  # failed single points never train a model
+            have = labels(atoms)
+            for key in ("energy", "forces"):
+                if key not in have:
+                    raise ModelError(f"{path}: frame {i} has no {key}: cannot train on it")
+            frames.append(atoms)
+    if not frames:
+        raise ModelError(f"{', '.join(map(str, paths))}: no labeled frames (empty dataset)")
+    if len(frames) < 2:
+        raise ModelError(
+            f"{', '.join(map(str, paths))}: only one labeled frame; training needs at least two "
+            "(one is held out for validation)"
+        )
+    return frames
+
+
+def species_of(frames: Sequence[Atoms]) -> list[str]:
+    symbols = {s for atoms in frames for s in atoms.get_chemical_symbols()}
+    return sorted(symbols, key=lambda s: atomic_numbers[s])
+
+
+def stress_mode(frames: Sequence[Atoms]) -> str:
+    """ "all", "none" or "some": how many of the frames carry a stress label."""
+    with_stress = sum("stress" in labels(f) for f in frames)
+    if with_stress == len(frames):
+        return "all"
+    return "none" if with_stress == 0 else "some"
+
+
+def with_nan_stress(atoms: Atoms) -> Atoms:
+    got = labels(atoms)
+    if "stress" in got:
+        return atoms
+    info = {k: v for k, v in atoms.info.items()}
+    framed = label(atoms, got["energy"], got["forces"], np.full(6, np.nan))
+    framed.info = info
+    return framed
+
+
+def energy_shifts(
+    frames: Sequence[Atoms],
+    species: list[str],
+    isolated: dict[str, float] | None,
+    paths: list[Path],
+) -> dict[str, float]:
+    """Per-type energy shifts: the isolated-atom energies if given, else fitted to the data.
+
+    The fit is least squares of total energies on element counts, regularised towards the
+    mean energy per atom, so that a data set of one composition (every MIL-53 frame) gives
+    that mean for every type instead of an arbitrary split.
+    """
+    if isolated is not None:
+        missing = [s for s in species if s not in isolated]
+        if missing:
+            raise ModelError(
+                f"isolated_atom_energies: no energy for element(s) {', '.join(missing)}"
+            )
+        return {s: float(isolated[s]) for s in species}
+    counts = np.array(
+        [[atoms.get_chemical_symbols().count(s) for s in species] for atoms in frames], float
+    )
+    energies = np.array([labels(atoms)["energy"] for atoms in frames], float)
+    if not np.all(np.isfinite(energies)):
+        raise ModelError(f"{', '.join(map(str, paths))}: non-finite energy in the data")
+    mean = energies.sum() / counts.sum()
+    residual = energies - mean * counts.sum(axis=1)
+    gram = counts.T @ counts
+    ridge = 1e-6 * np.trace(gram) / len(species)
+    delta = np.linalg.solve(gram + ridge * np.eye(len(species)), counts.T @ residual)
+    return {s: float(mean + d) for s, d in zip(species, delta, strict=True)}
+
+
+def split(
+    frames: list[Atoms], validation_fraction: float, seed: int
+) -> tuple[list[Atoms], list[Atoms]]:
+    """(train, validation): a seeded random choice of the validation frames, at least one."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(frames))
+    n_val = min(len(frames) - 1, max(1, round(validation_fraction * len(frames))))
+    val = sorted(order[:n_val].tolist())
+    train_idx = sorted(order[n_val:].tolist())
+    return [frames[i] for i in train_idx], [frames[i] for i in val]
