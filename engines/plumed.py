@@ -34,12 +34,13 @@ that uses METAD's ``GRID_*`` feels a spline interpolation of the same sum instea
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -364,6 +365,46 @@ class BiasedCalculator(Plumed):
 
 
 # --------------------------------------------------------------------------------------------
+# COLVAR and HILLS columns
+
+
+def fields_header(line: str) -> list[str] | None:
+    """The column names of a ``#! FIELDS time d metad.bias`` header line, else None.
+
+    PLUMED writes such a header at the top of every COLVAR and HILLS file, and again wherever
+    the columns change (a restart, a ``clock`` column added for multiple walkers).
+    """
+    words = line.split()
+    if len(words) >= 3 and words[0] == "#!" and words[1] == "FIELDS":
+        return words[2:]
+    return None
+
+
+def colvar_rows(path: str | os.PathLike[str]) -> Iterator[dict[str, float]]:
+    """Each data line of a COLVAR file as ``{field: value}`` under the header above it.
+
+    Values are as printed (PLUMED units; ``time`` in ps); a value that is not a number (a line
+    being written) is left out of its row. A missing file has no rows.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return
+    names: list[str] = []
+    for line in p.read_text(errors="replace").splitlines():
+        header = fields_header(line)
+        if header is not None:
+            names = header
+            continue
+        if not line.strip() or line.startswith("#"):
+            continue
+        row: dict[str, float] = {}
+        for name, text in zip(names, line.split(), strict=False):
+            with contextlib.suppress(ValueError):
+                row[name] = float(text)
+        yield row
+
+
+# --------------------------------------------------------------------------------------------
 # hills
 
 
@@ -430,8 +471,8 @@ def _parse_hills_file(path: Path) -> tuple[tuple[str, ...], dict[str, str], np.n
             continue
         if line.startswith("#!"):
             words = line.split()
-            if len(words) >= 3 and words[1] == "FIELDS":
-                fields = words[2:]
+            fields = fields_header(line)
+            if fields is not None:
                 names = _cv_names(fields, path, number)
                 if cv_names is not None and names != cv_names:
                     raise HillsError(

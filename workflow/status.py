@@ -9,6 +9,7 @@ from typing import Any
 
 from hillwalker.engines.dataset import STATUS_DONE, STATUS_FAILED
 from hillwalker.engines.files import read_json
+from hillwalker.engines.plumed import colvar_rows
 from hillwalker.state import CampaignDir, _alive, _read_lock
 
 
@@ -149,19 +150,9 @@ def _colvar_ranges(cdir: CampaignDir) -> dict[str, list[float]]:
     """Min/max of every CV over all walker COLVAR traces (PLUMED units as printed)."""
     ranges: dict[str, list[float]] = {}
     for colvar in sorted(cdir.root.glob("generations/*/walkers/w*/COLVAR*")):
-        names: list[str] = []
-        for line in colvar.read_text(errors="replace").splitlines():
-            if line.startswith("#! FIELDS"):
-                names = line.split()[2:]
-                continue
-            if not line or line.startswith("#"):
-                continue
-            for name, text in zip(names, line.split(), strict=False):
+        for row in colvar_rows(colvar):
+            for name, value in row.items():
                 if name == "time" or ".bias" in name or name.endswith("bias"):
-                    continue
-                try:
-                    value = float(text)
-                except ValueError:
                     continue
                 lo, hi = ranges.get(name, [value, value])
                 ranges[name] = [min(lo, value), max(hi, value)]

@@ -26,7 +26,9 @@ from hillwalker.engines.plumed import (
     PlumedInputError,
     bias_from_hills,
     clean_input,
+    colvar_rows,
     count_hills,
+    fields_header,
     init_bias_dir,
     prepare_input,
     read_hills,
@@ -223,6 +225,33 @@ def test_distance_restraint_converts_nm_and_kj_per_mol(tmp_path: Path) -> None:
     np.testing.assert_allclose(bias_forces[1], [-force_ev_per_a, 0, 0], atol=1e-12)
     np.testing.assert_allclose(bias_forces[0], [force_ev_per_a, 0, 0], atol=1e-12)
     assert units.nm == pytest.approx(10.0)
+    # the one FIELDS reader (status, validate) reads what PLUMED wrote
+    (row,) = colvar_rows(tmp_path / "COLVAR")
+    assert row == pytest.approx({"time": 0.0, "d": 0.3, "r.bias": bias_kj}, abs=1e-9)
+
+
+def test_colvar_rows_follow_each_fields_header(tmp_path: Path) -> None:
+    path = tmp_path / "COLVAR"
+    path.write_text(
+        "#! FIELDS time d metad.bias\n"
+        "#! SET min_d 0\n"
+        " 0.000 0.38 0.0\n"
+        "\n"
+        "#! FIELDS time d e\n"  # a restart with other columns
+        " 0.005 0.39 1.5\n"
+        " 0.010 0.4"  # being written: one value short, the other cut
+    )
+    rows = list(colvar_rows(path))
+    assert rows == [
+        {"time": 0.0, "d": 0.38, "metad.bias": 0.0},
+        {"time": 0.005, "d": 0.39, "e": 1.5},
+        {"time": 0.01, "d": 0.4},
+    ]
+    assert list(colvar_rows(tmp_path / "missing")) == []
+    assert fields_header("#! FIELDS time v sigma_v height biasf") == [
+        "time", "v", "sigma_v", "height", "biasf"
+    ]  # fmt: skip
+    assert fields_header("#! SET min_d 0") is None and fields_header("0.1 0.2") is None
 
 
 def test_biased_calculator_equals_ase_plumed(tmp_path: Path) -> None:
