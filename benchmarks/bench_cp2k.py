@@ -84,7 +84,7 @@ def main() -> int:
                 if res.status != "done":
                     raise RuntimeError(f"{name}: {res.failure}: {res.message}")
                 walls.append(res.wall_seconds)
-                cp2ks.append(res.cp2k_seconds)
+                cp2ks.append(res.code_seconds)
                 procs.append(res.process_seconds)
                 bares.append(bare_run(work, command, threads))
             wall, cp2k, proc, bare = (statistics.median(x) for x in (walls, cp2ks, procs, bares))

@@ -19,20 +19,21 @@ from ase import Atoms, units
 from ase.build import molecule
 
 from hillwalker.engines.cp2k import (
+    DEFAULT_LADDER,
     RESULT_FILE,
+    Cp2kOutput,
     Level,
     LevelError,
+    ScfCorrection,
     SinglePointResult,
-    _parser,
-    _to_ase_units,
     frame_input,
     isolated_atom_energies,
     parse_output,
     single_point,
+    to_ase_units,
     write_input,
 )
-from hillwalker.engines.cp2k_failures import DEFAULT_LADDER, ScfCorrection
-from hillwalker.engines.cp2k_output import Cp2kOutput
+from hillwalker.engines.cp2k.tree import parser
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 SNIPPETS = DATA / "cp2k"
@@ -53,7 +54,7 @@ def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
 def mil53_np_cif() -> Atoms:
     """The CIF-like np cell and coordinates written in the shared benchmark input."""
     with (SNIPPETS / "mil53_np_cif_xtb.inp").open() as handle:
-        tree = _parser().parse(handle)
+        tree = parser().parse(handle)
     subsys = tree["+force_eval"][0]["+subsys"]
     cell = [subsys["+cell"][k] for k in "abc"]
     lines = [line.split() for line in subsys["+coord"]["*"]]
@@ -144,14 +145,14 @@ def test_conversion_to_ase_units_and_sign() -> None:
         forces_hartree_bohr=np.array([[1.0, 0.0, -0.5]]),
         stress_gpa=np.array([[1.0, 0.4, 0.5], [0.4, 2.0, 0.6], [0.5, 0.6, 3.0]]),
     )
-    energy, forces, stress = _to_ase_units(out, periodic=True)
+    energy, forces, stress = to_ase_units(out, periodic=True)
     assert energy == pytest.approx(-2.0 * 27.211386, rel=1e-6)
     # CODATA 2018: 1 Hartree/bohr = 27.211386246 eV / 0.529177210903 Å = 51.422067476 eV/Å
     np.testing.assert_allclose(forces, [[51.422067476, 0.0, -25.711033738]], rtol=1e-7)
     # CP2K compressive-positive → ASE tensile-positive; 1 GPa = 1/160.21766 eV/Å³; Voigt order.
     gpa = 1 / 160.21766208
     np.testing.assert_allclose(stress, -np.array([1.0, 2.0, 3.0, 0.6, 0.5, 0.4]) * gpa, rtol=1e-8)
-    _, _, none = _to_ase_units(out, periodic=False)
+    _, _, none = to_ase_units(out, periodic=False)
     assert none is None
 
 
@@ -220,7 +221,7 @@ def test_frame_input_puts_cell_coordinates_and_periodicity() -> None:
     level = Level.from_file(XTB)
     atoms = mil53_np_cif()
     text = write_input(frame_input(atoms, level))
-    tree = _parser().parse(io.StringIO(text))
+    tree = parser().parse(io.StringIO(text))
     fe = tree["+force_eval"][0]
     np.testing.assert_array_equal([fe["+subsys"]["+cell"][k] for k in "abc"], atoms.cell[:])
     coords = [line.split() for line in fe["+subsys"]["+coord"]["*"]]
@@ -285,7 +286,7 @@ def test_mil53_np_reference_energy(tmp_path: Path) -> None:
     assert result.forces.shape == (38, 3) and result.stress.shape == (6,)
     assert np.abs(result.forces.sum(axis=0)).max() < 1e-4
     assert result.attempts == 1 and result.corrections == [] and result.failure is None
-    assert 0 < result.cp2k_seconds < result.wall_seconds
+    assert 0 < result.code_seconds < result.wall_seconds
     record = json.loads((tmp_path / "sp" / RESULT_FILE).read_text())
     assert record["status"] == "done" and record["energy_eV"] == result.energy
     no_temp_files(tmp_path / "sp")

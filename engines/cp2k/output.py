@@ -1,13 +1,15 @@
 """Reading a CP2K output file: a pure function over its text, so it is tested on stored snippets.
+Also the record of one CP2K run (:class:`Cp2kRun`) that the failure handlers look at.
 
 Numbers are returned in CP2K's own units (Hartree, Hartree/bohr, GPa, CP2K's stress sign); the
-conversion to ASE units happens once, in :mod:`hillwalker.engines.cp2k`.
+conversion to ASE units happens once, in :mod:`hillwalker.engines.cp2k.run`.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -112,3 +114,15 @@ def _abort_lines(text: str) -> list[str]:
             if content:
                 message.append(content)
     return message
+
+
+@dataclass
+class Cp2kRun:
+    """What one CP2K process left: how it ended, and its output parsed."""
+
+    returncode: int | None  # None: it could not be started
+    timed_out: bool
+    output: Cp2kOutput
+    output_path: Path
+    stderr_tail: str  # the launcher's last words (stdout and stderr), in a line
+    seconds: float = 0.0  # from start to exit

@@ -1,0 +1,249 @@
+"""Reference levels of theory: the interface the active-learning loop talks to.
+
+A level is one way to label a frame with energy, forces and stress: a CP2K input today, other codes
+later. The loop only ever holds a :class:`ReferenceLevel` (from :func:`load_level`) and asks it for a
+:class:`SinglePointResult`; it never sees the code behind it, so adding a level from another code
+means a new implementation and one line in :data:`_LOADERS`, not a change to the loop.
+
+Every level refuses the same frames before its code starts (:func:`refusal`): an unsafe geometry
+(:mod:`hillwalker.engines.geometry`, one threshold for walkers, ``label`` and ``run``) and
+elements the level cannot treat.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from ase import Atoms
+
+from hillwalker.engines.dataset import STATUS_DONE, STATUS_FAILED, label
+from hillwalker.engines.files import atomic_write_json
+from hillwalker.engines.geometry import DEFAULT_MIN_DISTANCE, geometry_problem
+
+__all__ = [
+    "FAILURES",
+    "RESULT_FILE",
+    "LevelError",
+    "ReferenceLevel",
+    "RunOptions",
+    "SinglePointResult",
+    "load_level",
+    "refusal",
+]
+
+#: failure classes a :class:`SinglePointResult` can carry, whatever the code
+FAILURES = ("scf_not_converged", "timeout", "crash", "bad_geometry", "missing_kind")
+
+#: name of the record a finished single point leaves in its workdir (written last, atomically)
+RESULT_FILE = "result.json"
+
+# Which module reads a level file, by suffix; the module has ``load(path) -> ReferenceLevel``.
+_LOADERS = {".inp": "hillwalker.engines.cp2k"}
+
+
+class LevelError(ValueError):
+    """A level file is unusable: the message names the file and the section or key."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How one single point runs: the site's resources and the campaign's safety settings."""
+
+    cores: int = 1  # threads (or ranks, through ``command``) the code may use
+    timeout: float | None = None  # seconds for the whole single point, all attempts together
+    min_distance: float = DEFAULT_MIN_DISTANCE  # Å; a closer pair is refused as bad_geometry
+    command: tuple[str, ...] | None = None  # launcher of a subprocess code; None: its default
+
+
+@dataclass
+class SinglePointResult:
+    """One frame at one level: the labels in ASE units, or why there are none, with provenance."""
+
+    status: str  # "done" | "failed"
+    energy: float | None  # eV
+    forces: np.ndarray | None  # eV/Å, (n, 3)
+    stress: np.ndarray | None  # eV/Å³, Voigt (xx yy zz yz xz xy), ASE sign; None without pbc
+    failure: str | None  # one of FAILURES
+    corrections: list[dict[str, Any]]  # what was changed and rerun, as data, in order
+    attempts: int
+    code_seconds: float  # inside the code, by its own clock
+    wall_seconds: float
+    workdir: Path
+    message: str | None = None  # why it failed, in a line
+    scf_steps: int | None = None
+    process_seconds: float = 0.0  # the code's processes from start to exit (MPI start-up too)
+    level: str = ""  # the level's name
+    level_digest: str = ""  # the level's settings hash
+    code: str = ""  # which program computed it, e.g. "cp2k"
+
+    @property
+    def cp2k_seconds(self) -> float:
+        """The name of ``code_seconds`` when CP2K was the only code (kept for callers)."""
+        return self.code_seconds
+
+    def to_atoms(self, atoms: Atoms, **provenance: Any) -> Atoms:
+        """A labeled copy of ``atoms`` (failed: an unlabeled copy) with status, failure and
+        corrections (JSON text, so it survives extxyz) in ``info``."""
+        info = {
+            "status": self.status,
+            "failure": self.failure,
+            "corrections": json.dumps(self.corrections) if self.corrections else None,
+            "failure_message": self.message,
+            **provenance,
+        }
+        if self.status == STATUS_DONE and self.energy is not None and self.forces is not None:
+            return label(atoms, self.energy, self.forces, self.stress, **info)
+        frame = atoms.copy()
+        frame.calc = None
+        for key in ("energy", "forces", "stress", "free_energy"):
+            frame.info.pop(key, None)
+        frame.info.update({k: v for k, v in info.items() if v is not None})
+        return frame
+
+    def as_record(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "energy_eV": self.energy,
+            "forces_eV_per_A": None if self.forces is None else self.forces.tolist(),
+            "stress_eV_per_A3": None if self.stress is None else self.stress.tolist(),
+            "failure": self.failure,
+            "message": self.message,
+            "corrections": self.corrections,
+            "attempts": self.attempts,
+            "scf_steps": self.scf_steps,
+            "level": self.level,
+            "level_digest": self.level_digest,
+            "code": self.code,
+            "code_seconds": self.code_seconds,
+            "process_seconds": self.process_seconds,
+            "wall_seconds": self.wall_seconds,
+        }
+
+
+class ReferenceLevel(Protocol):
+    """A level of theory as the loop sees it."""
+
+    @property
+    def name(self) -> str: ...  # short name stored with every frame, e.g. "xtb"
+
+    @property
+    def path(self) -> Path: ...  # the file it was read from
+
+    @property
+    def code(self) -> str: ...  # which program, e.g. "cp2k"
+
+    def digest(self) -> str:
+        """Hash of the settings that change the numbers (not comments or layout)."""
+        ...
+
+    def check_elements(self, symbols: Iterable[str]) -> None:
+        """Raise :class:`LevelError`, naming the file and key, unless every element can be run."""
+        ...
+
+    def single_point(self, atoms: Atoms, workdir: Path, options: RunOptions) -> SinglePointResult:
+        """Label ``atoms``; never raises for a problem of the frame or the code (see FAILURES)."""
+        ...
+
+
+def load_level(path: str | os.PathLike[str]) -> ReferenceLevel:
+    """The level in ``path``, by its suffix (``*.inp``: CP2K); :class:`LevelError` otherwise."""
+    p = Path(path)
+    module = _LOADERS.get(p.suffix.lower())
+    if module is None:
+        known = ", ".join(f"*{s}" for s in sorted(_LOADERS))
+        raise LevelError(f"{p}: not a level file this version can read (known: {known})")
+    level: ReferenceLevel = importlib.import_module(module).load(p)
+    return level
+
+
+def refusal(
+    atoms: Atoms, level: ReferenceLevel, min_distance: float = DEFAULT_MIN_DISTANCE
+) -> tuple[str, str] | None:
+    """(failure class, message) if ``atoms`` must not be sent to ``level`` at all, else None."""
+    problem = geometry_problem(atoms, min_distance)
+    if problem:
+        return "bad_geometry", problem
+    try:
+        level.check_elements(atoms.get_chemical_symbols())
+    except LevelError as exc:
+        return "missing_kind", str(exc)
+    return None
+
+
+def fresh_workdir(workdir: str | os.PathLike[str], *stale: str) -> Path:
+    """``workdir``, created, without an earlier run's record or the files matching ``stale``
+    (which would be mistaken for this run's)."""
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    for old in [work / RESULT_FILE, *(p for pattern in stale for p in work.glob(pattern))]:
+        old.unlink(missing_ok=True)
+    return work
+
+
+@dataclass
+class ResultBook:
+    """What a single point has spent and changed so far; ``done``/``failed`` write the record
+    (``RESULT_FILE``, atomically, last) and return the result."""
+
+    workdir: Path
+    level: str
+    level_digest: str
+    code: str
+    started: float  # time.perf_counter() at the start
+    corrections: list[dict[str, Any]] = field(default_factory=list)
+    code_seconds: float = 0.0
+    process_seconds: float = 0.0
+
+    def done(
+        self,
+        energy: float,
+        forces: np.ndarray,
+        stress: np.ndarray | None,
+        *,
+        attempts: int,
+        scf_steps: int | None = None,
+    ) -> SinglePointResult:
+        return self._finish(STATUS_DONE, energy, forces, stress, None, None, attempts, scf_steps)
+
+    def failed(self, failure: str, message: str, attempts: int) -> SinglePointResult:
+        return self._finish(STATUS_FAILED, None, None, None, failure, message, attempts, None)
+
+    def _finish(
+        self,
+        status: str,
+        energy: float | None,
+        forces: np.ndarray | None,
+        stress: np.ndarray | None,
+        failure: str | None,
+        message: str | None,
+        attempts: int,
+        scf_steps: int | None,
+    ) -> SinglePointResult:
+        result = SinglePointResult(
+            status=status,
+            energy=energy,
+            forces=forces,
+            stress=stress,
+            failure=failure,
+            corrections=self.corrections,
+            attempts=attempts,
+            code_seconds=self.code_seconds,
+            wall_seconds=time.perf_counter() - self.started,
+            workdir=self.workdir,
+            message=message,
+            scf_steps=scf_steps,
+            process_seconds=self.process_seconds,
+            level=self.level,
+            level_digest=self.level_digest,
+            code=self.code,
+        )
+        atomic_write_json(self.workdir / RESULT_FILE, result.as_record())
+        return result
