@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from hillwalker import settings, tasks
 from hillwalker.cli import app
+from hillwalker.config import Safety, load_campaign
 from hillwalker.engines.dataset import has_labels, read_frames, write_frames
+from hillwalker.engines.geometry import DEFAULT_MIN_DISTANCE
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,3 +89,30 @@ def test_label_reports_bad_files(tmp_path: Path) -> None:
     missing = tmp_path / "nothing.extxyz"
     result = runner.invoke(app, ["label", str(XTB), str(missing), "-o", str(tmp_path / "o")])
     assert result.exit_code == 1 and "nothing.extxyz" in result.stderr
+
+
+def test_label_and_run_refuse_the_same_too_close_geometry(tmp_path: Path) -> None:
+    # 0.55 Å: refused by both at the one threshold (label's own default was 0.5 Å once, run's 0.6)
+    frame = read_frames(DATA / "mil53_xtb_frames.extxyz", index=1)[0]
+    frame.positions[5] = frame.positions[4] + [0.55, 0.0, 0.0]
+    frames_file = tmp_path / "frames.extxyz"
+    write_frames(frames_file, [frame])
+    out = tmp_path / "labeled.extxyz"
+    result = runner.invoke(app, ["label", str(XTB), str(frames_file), "-o", str(out),
+                                 "--cores", "1"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    labeled = read_frames(out)[0]
+    assert labeled.info["status"] == "failed" and labeled.info["failure"] == "bad_geometry"
+    message = labeled.info["failure_message"]
+    assert "0.550 Å apart" in message and f"min_distance {DEFAULT_MIN_DISTANCE} Å" in message
+
+    # `run`: campaign.yaml's default, the options the campaign gives each single point, and the
+    # task it submits refuse the frame with the same check and the same words
+    assert Safety().min_distance == DEFAULT_MIN_DISTANCE
+    options = settings.single_point_options(
+        load_campaign(ROOT / "templates" / "mil53-al"), cores=1, command=None
+    )
+    assert options.min_distance == DEFAULT_MIN_DISTANCE
+    timed = tasks.label_frame(frame, str(XTB), str(tmp_path / "run-sp"), options)
+    assert timed.result.failure == "bad_geometry" and timed.result.message == message
+    assert not (tmp_path / "run-sp" / "attempt-1.inp").exists()  # CP2K was not started
