@@ -146,6 +146,27 @@ def read_input(path: str | os.PathLike[str]) -> list[str]:
     return clean_input(text, source=str(p))
 
 
+def source_line_numbers(text: str, cleaned: list[str]) -> list[int | None]:
+    """The 1-based line of ``text`` where each cleaned PLUMED line starts (None if not found).
+
+    A cleaned line starts with the first word of its source line once comments are removed,
+    and the cleaned lines come in source order: one forward scan finds them.
+    """
+    sources = [(n, line.split("#", 1)[0].split()) for n, line in enumerate(text.splitlines(), 1)]
+    numbers: list[int | None] = []
+    cursor = 0
+    for line in cleaned:
+        words = line.split()
+        found = None
+        for i in range(cursor, len(sources)):
+            number, source_words = sources[i]
+            if source_words and words and source_words[0] == words[0]:
+                found, cursor = number, i + 1
+                break
+        numbers.append(found)
+    return numbers
+
+
 def parse_action(line: str) -> tuple[str | None, str, list[str]]:
     """``(label, ACTION, keywords)`` of one clean line (``lab: ACTION ...`` or ``LABEL=lab``)."""
     words = line.split()
@@ -255,24 +276,11 @@ def prepare_input(
                 continue
             out.append(_walker_metad(line, keywords, walker_id, n_walkers, bias, mode, rstride))
             continue
-        words = line.split()
-        new: list[str] = []
-        for word in words:
-            key, eq, value = word.partition("=")
-            upper = key.upper()
-            if eq and upper == "ARG" and metad_labels and mode == "none":
-                args = [a for a in value.split(",") if a.split(".", 1)[0] not in metad_labels]
-                if not args:
-                    new = []
-                    break
-                word = f"{key}={','.join(args)}"
-            elif eq and upper == "FILE" and workdir is not None and not Path(value).is_absolute():
-                word = f"{key}={_plumed_path(Path(workdir) / value, 'FILE')}"
-            elif eq and upper == "STRIDE" and action == "PRINT" and cv_stride is not None:
-                word = f"{key}={int(cv_stride)}"
-            new.append(word)
+        # without METAD its components go from other actions' ARG (a PRINT of only them goes)
+        dropped = metad_labels if mode == "none" else set()
+        new = _rewrite_keywords(line, action, dropped, workdir, cv_stride)
         if new:
-            out.append(" ".join(new))
+            out.append(new)
     if mode != "none":
         own = (
             [hills_file(bias, w) for w in range(n_walkers)]
@@ -282,6 +290,31 @@ def prepare_input(
         if any(p.exists() for p in own):
             out.insert(0, "RESTART")
     return out
+
+
+def _rewrite_keywords(
+    line: str,
+    action: str,
+    dropped: set[str],
+    workdir: str | os.PathLike[str] | None,
+    cv_stride: int | None,
+) -> str | None:
+    """One non-METAD line with ARG, FILE and PRINT's STRIDE rewritten; None: drop the line."""
+    new: list[str] = []
+    for word in line.split():
+        key, eq, value = word.partition("=")
+        upper = key.upper()
+        if eq and upper == "ARG" and dropped:
+            args = [a for a in value.split(",") if a.split(".", 1)[0] not in dropped]
+            if not args:
+                return None
+            word = f"{key}={','.join(args)}"
+        elif eq and upper == "FILE" and workdir is not None and not Path(value).is_absolute():
+            word = f"{key}={_plumed_path(Path(workdir) / value, 'FILE')}"
+        elif eq and upper == "STRIDE" and action == "PRINT" and cv_stride is not None:
+            word = f"{key}={int(cv_stride)}"
+        new.append(word)
+    return " ".join(new)
 
 
 def _walker_metad(
@@ -449,6 +482,18 @@ class HillsData:
         return self.select(self.times < time - 1e-9)
 
 
+def _hills_columns(fields: Sequence[str], names: Sequence[str]) -> list[int]:
+    """Where time, the centres, the sigmas, height and biasf (−1: none) are in a FIELDS block."""
+    idx = {name: i for i, name in enumerate(fields)}
+    return [
+        idx["time"],
+        *(idx[c] for c in names),
+        *(idx[f"sigma_{c}"] for c in names),
+        idx["height"],
+        idx.get("biasf", -1),
+    ]
+
+
 def _parse_hills_file(path: Path) -> tuple[tuple[str, ...], dict[str, str], np.ndarray]:
     """``(cv names, SET values, rows of [time, centres…, sigmas…, height, biasf])``.
 
@@ -479,14 +524,7 @@ def _parse_hills_file(path: Path) -> tuple[tuple[str, ...], dict[str, str], np.n
                         f"{path}, line {number}: CVs change from {cv_names} to {names}"
                     )
                 cv_names, n_fields = names, len(fields)
-                idx = {name: i for i, name in enumerate(fields)}
-                columns = [
-                    idx["time"],
-                    *(idx[c] for c in names),
-                    *(idx[f"sigma_{c}"] for c in names),
-                    idx["height"],
-                    idx.get("biasf", -1),
-                ]
+                columns = _hills_columns(fields, names)
             elif len(words) >= 4 and words[1] == "SET":
                 sets[words[2]] = words[3]
             continue

@@ -9,23 +9,23 @@ species compared with the structure's; the site profile.
 
 Nothing is written into the campaign directory: PLUMED runs in a temporary directory (its log,
 backups and the files of PRINT/METAD go there and are deleted).
+
+This module is the orchestrator: the PLUMED kernel check is
+:func:`hillwalker.engines.plumed_check.load_in_kernel`, the geometry check the single points'
+own (:mod:`hillwalker.engines.geometry`), the NequIP config checks are in
+:mod:`hillwalker.validate_nequip`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import math
-import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from ase import Atoms
-from ase.data import chemical_symbols
 from pydantic import ValidationError
 
 from hillwalker.config import (
@@ -36,11 +36,8 @@ from hillwalker.config import (
     read_yaml,
     validation_problems,
 )
+from hillwalker.validate_nequip import check_nequip
 
-#: the file the validation step makes PLUMED print every value to (inside the temporary dir)
-_VALUES_FILE = "hillwalker-validate.colvar"
-
-_KJ_PER_MOL_PER_EV = 96.48533212331
 # Actions whose ``.bias`` is an energy; their other components (force2, work…) are not shown.
 _BIAS_ACTIONS = frozenset(
     {
@@ -75,7 +72,9 @@ class CvValue:
         v = self.value
         kind = self.action.upper()
         if self.is_bias:
-            return f"{v:.4g} kJ/mol ({v / _KJ_PER_MOL_PER_EV:.4g} eV)"
+            from hillwalker.engines.plumed import KJ_PER_MOL
+
+            return f"{v:.4g} kJ/mol ({v * KJ_PER_MOL:.4g} eV)"
         if kind == "VOLUME":
             return f"{v:.6g} nm³ = {v * 1000:.1f} Å³"
         if kind in {"DISTANCE", "CELL"}:
@@ -118,7 +117,7 @@ def validate_campaign(directory: str | Path, site: str | Path | None = None) -> 
     if material.get("plumed"):
         _check_plumed(root / material["plumed"], atoms, campaign, root, report)
     if material.get("nequip"):
-        _check_nequip(root / material["nequip"], atoms, campaign, report)
+        check_nequip(root / material["nequip"], atoms, campaign, report)
     if site is not None:
         _check_site(Path(site), report)
     return report
@@ -252,7 +251,13 @@ def _check_plumed(
         report.problems.append(f"{path}: file not found")
         return
     try:
-        from hillwalker.engines.plumed import PlumedInputError, clean_input
+        from hillwalker.engines.plumed import (
+            PlumedInputError,
+            clean_input,
+            parse_action,
+            source_line_numbers,
+        )
+        from hillwalker.engines.plumed_check import load_in_kernel
     except ImportError as exc:
         report.unavailable.append(f"{path}: PLUMED input check unavailable ({exc})")
         return
@@ -263,7 +268,7 @@ def _check_plumed(
         report.problems.append(str(exc))
         return
     numbers = source_line_numbers(text, lines)
-    actions = {name: action for name, action in (_label_and_action(line) for line in lines) if name}
+    actions = {label: action for label, action, _ in map(parse_action, lines) if label}
 
     if campaign is not None:
         _check_plumed_for_campaign(path, lines, numbers, campaign, root / CAMPAIGN_FILE, report)
@@ -290,7 +295,12 @@ def _check_plumed_for_campaign(
     report: ValidationReport,
 ) -> None:
     """What the walkers will do with this input: the bias mode, the temperature, the ensemble."""
-    from hillwalker.engines.plumed import PlumedInputError, prepare_input
+    from hillwalker.engines.plumed import (
+        PlumedInputError,
+        keyword_value,
+        parse_action,
+        prepare_input,
+    )
 
     # the walkers run this input rewritten for their bias mode: it must allow that
     try:
@@ -306,9 +316,9 @@ def _check_plumed_for_campaign(
     except PlumedInputError as exc:
         report.problems.append(f"{exc} (walkers.bias: {campaign.walkers.bias} in {campaign_file})")
     for line, number in zip(lines, numbers, strict=True):
-        action = _label_and_action(line)[1]
+        _, action, keywords = parse_action(line)
         where = f"{path}: line {number}" if number else str(path)
-        temp = _keyword(line, "TEMP")
+        temp = keyword_value(keywords, "TEMP")
         if action == "METAD" and temp is not None:
             try:
                 mismatch = abs(float(temp) - campaign.walkers.temperature) > 1e-6
@@ -326,343 +336,6 @@ def _check_plumed_for_campaign(
                 f"{where}: VOLUME is constant in walkers.ensemble nvt ({campaign_file}); "
                 "use npt to bias the volume"
             )
-
-
-def source_line_numbers(text: str, cleaned: list[str]) -> list[int | None]:
-    """The 1-based line of ``text`` where each cleaned PLUMED line starts (None if not found).
-
-    A cleaned line starts with the first word of its source line once comments are removed,
-    and the cleaned lines come in source order: one forward scan finds them.
-    """
-    sources = [(n, line.split("#", 1)[0].split()) for n, line in enumerate(text.splitlines(), 1)]
-    numbers: list[int | None] = []
-    cursor = 0
-    for line in cleaned:
-        words = line.split()
-        found = None
-        for i in range(cursor, len(sources)):
-            number, source_words = sources[i]
-            if source_words and words and source_words[0] == words[0]:
-                found, cursor = number, i + 1
-                break
-        numbers.append(found)
-    return numbers
-
-
-def _label_and_action(line: str) -> tuple[str, str]:
-    """(label, ACTION) of a PLUMED line: ``lab: ACTION …`` or ``ACTION … LABEL=lab``."""
-    words = line.split()
-    if not words:
-        return "", ""
-    if words[0].endswith(":") and len(words) > 1:
-        return words[0][:-1], words[1].upper()
-    label = next((w.split("=", 1)[1] for w in words[1:] if w.upper().startswith("LABEL=")), "")
-    return label, words[0].upper()
-
-
-def _keyword(line: str, name: str) -> str | None:
-    """Value of ``NAME=value`` in a PLUMED line (case-insensitive name), or None."""
-    for word in line.split()[1:]:
-        key, eq, value = word.partition("=")
-        if eq and key.upper() == name:
-            return value
-    return None
-
-
-def _references(line: str, labels: set[str]) -> bool:
-    """Whether a PLUMED line uses (in ARG=… or any other key) a value of one of ``labels``."""
-    if not labels:
-        return False
-    words = line.split()[1:]
-    for word in words:
-        if "=" not in word:
-            continue
-        for item in word.split("=", 1)[1].split(","):
-            if item.split(".", 1)[0] in labels:
-                return True
-    return False
-
-
-def _kernel_message(exc: BaseException) -> str:
-    """PLUMED's error without its C++ source location lines, with the errors it was raised from.
-
-    ``calc`` raises "An error happened while calculating metad" *from* the real reason ("Looking
-    for a value outside the grid…"): both are kept.
-    """
-    parts: list[str] = []
-    current: BaseException | None = exc
-    while current is not None and len(parts) < 5:
-        lines = [ln.strip() for ln in str(current).splitlines()]
-        kept = [ln for ln in lines if ln and not ln.startswith("(")]
-        message = " ".join(kept) or type(current).__name__
-        message = re.sub(r"^ERROR in input to action\s+", "", message)
-        # "TORSION_SCALAR with label t : atom 99 out of range" -> "atom 99 out of range"
-        parts.append(re.sub(r"^\S+ with label \S+ : ", "", message))
-        current = current.__cause__ or current.__context__
-    return ": ".join(parts)
-
-
-def load_in_kernel(
-    lines: list[str],
-    numbers: list[int | None],
-    atoms: Atoms,
-    source: Path,
-    temperature: float,
-    timestep: float,
-) -> tuple[list[str], list[tuple[str, float]]]:
-    """Feed the lines to a real PLUMED kernel with ``atoms``, do one step, read every value.
-
-    Returns (problems, [(value name, value in PLUMED units)]). Runs in a temporary directory:
-    the caller's directory gets no log, no backup and no HILLS.
-    """
-    from hillwalker.engines.plumed_kernel import PlumedKernelError, use_kernel
-
-    try:
-        use_kernel()
-    except PlumedKernelError as exc:
-        raise ImportError(str(exc)) from exc
-    import plumed
-
-    problems: list[str] = []
-    failed_labels: set[str] = set()
-    n = len(atoms)
-    periodic = bool(np.all(atoms.pbc)) and atoms.cell.rank == 3
-    with (
-        tempfile.TemporaryDirectory(prefix="hillwalker-validate-") as tmp,
-        contextlib.chdir(tmp),
-    ):
-        kernel = plumed.Plumed()
-        try:
-            kernel.cmd("setMDEngine", "python")
-            # PLUMED's own units in and out: nm, ps, kJ/mol
-            kernel.cmd("setNatoms", n)
-            kernel.cmd("setTimestep", timestep / 1000.0)
-            kernel.cmd("setKbT", 0.0083144626 * temperature)
-            kernel.cmd("setLogFile", "plumed.log")
-            kernel.cmd("init")
-            for line, number in zip(lines, numbers, strict=True):
-                where = f"{source}: line {number}" if number else f"{source}"
-                label, action = _label_and_action(line)
-                if _references(line, failed_labels):
-                    # its cause is already reported; PLUMED would only say "not found"
-                    failed_labels.add(label)
-                    continue
-                try:
-                    kernel.cmd("readInputLine", line)
-                except Exception as exc:  # plumed.PlumedError and whatever the wrapper raises
-                    message = _kernel_message(exc)
-                    if "out of range" in message:
-                        message += f" (the structure has {n} atoms, numbered 1 to {n})"
-                    named = f"{action} {label}" if label else action
-                    problems.append(f"{where}: {named}: {message}")
-                    if label:
-                        failed_labels.add(label)
-            try:
-                kernel.cmd("readInputLine", f"PRINT ARG=* STRIDE=1 FILE={_VALUES_FILE}")
-                _one_step(kernel, atoms, periodic)
-            except Exception as exc:
-                message = _kernel_message(exc)
-                failing = re.search(r"while calculating ([^\s:]+)", message)
-                label = failing.group(1) if failing else ""
-                number = next(
-                    (
-                        n
-                        for line, n in zip(lines, numbers, strict=True)
-                        if _label_and_action(line)[0] == label
-                    ),
-                    None,
-                )
-                where = f"{source}: line {number}: {label}" if number else str(source)
-                if not problems or number:
-                    problems.append(f"{where}: fails on the start structure: {message}")
-                return problems, []
-        finally:
-            kernel.finalize()
-        values = _read_values(Path(_VALUES_FILE))
-    return problems, values
-
-
-def _one_step(kernel: Any, atoms: Atoms, periodic: bool) -> None:
-    n = len(atoms)
-    positions = np.ascontiguousarray(atoms.get_positions() * 0.1)  # Å → nm
-    forces = np.zeros((n, 3))
-    virial = np.zeros((3, 3))
-    masses = np.ascontiguousarray(atoms.get_masses(), dtype=float)
-    charges = np.zeros(n)
-    kernel.cmd("setStep", 0)
-    if periodic:
-        # a molecule in vacuum gets no box: any box would make PLUMED apply periodic images
-        kernel.cmd("setBox", np.ascontiguousarray(np.asarray(atoms.cell) * 0.1))
-    kernel.cmd("setMasses", masses)
-    kernel.cmd("setCharges", charges)
-    kernel.cmd("setPositions", positions)
-    kernel.cmd("setForces", forces)
-    kernel.cmd("setVirial", virial)
-    kernel.cmd("calc")
-
-
-def _read_values(path: Path) -> list[tuple[str, float]]:
-    if not path.is_file():
-        return []
-    fields: list[str] = []
-    row: list[str] = []
-    for line in path.read_text().splitlines():
-        if line.startswith("#! FIELDS"):
-            fields = line.split()[2:]
-        elif line.strip() and not line.startswith("#"):
-            row = line.split()
-    return [
-        (name, float(value)) for name, value in zip(fields, row, strict=False) if name != "time"
-    ]
-
-
-# --- NequIP ----------------------------------------------------------------------------------
-
-
-def _check_nequip(
-    path: Path, atoms: Atoms | None, campaign: Campaign | None, report: ValidationReport
-) -> None:
-    try:
-        data = read_yaml(path)  # first: malformed YAML is reported with its line
-    except ConfigError as exc:
-        report.problems.extend(exc.problems)
-        return
-    if not isinstance(data, dict):
-        report.problems.append(f"{path}: expected a mapping of keys at the top level")
-        return
-    try:
-        from hillwalker.engines.nequip import ModelError, TrainSettings
-    except ImportError as exc:
-        report.unavailable.append(f"{path}: NequIP template check unavailable ({exc})")
-    else:
-        try:
-            # the keys the training engine needs and the types of its knobs
-            TrainSettings.from_template(path).check()
-        except ModelError as exc:
-            report.problems.append(str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}")
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        config = OmegaConf.create(data)
-    except OmegaConfBaseException as exc:
-        report.problems.append(f"{path}: not a valid hydra config: {exc}".splitlines()[0])
-        return
-    report.problems.extend(_nequip_targets(path, data))
-    if atoms is not None:
-        _nequip_species(path, config, atoms, report)
-        _nequip_stress(path, config, atoms, campaign, report)
-
-
-def _nequip_species(path: Path, config: Any, atoms: Atoms, report: ValidationReport) -> None:
-    """The structure's elements must be the model's species, as training will see them.
-
-    ``model_type_names: ???`` is filled in by the training engine with the species of the data
-    (the structure's elements, by atomic number); ``chemical_species`` and the type map must
-    follow from it.
-    """
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    structure_species = sorted(set(atoms.get_chemical_symbols()), key=chemical_symbols.index)
-    if OmegaConf.is_missing(config, "model_type_names"):
-        config.model_type_names = structure_species
-    reported: list[str] | None = None
-    for key in ("model_type_names", "chemical_species"):
-        try:
-            value = OmegaConf.select(config, key, throw_on_missing=True)
-            names = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-        except OmegaConfBaseException as exc:
-            report.problems.append(f"{path}: {key}: {exc}".splitlines()[0])
-            continue
-        if names is None:
-            if key == "chemical_species":
-                report.problems.append(f"{path}: {key}: missing (use ${{model_type_names}})")
-            continue
-        if not isinstance(names, list) or not all(isinstance(s, str) for s in names):
-            report.problems.append(f"{path}: {key}: expected a list of element symbols")
-            continue
-        if names == reported:
-            continue  # chemical_species: ${model_type_names}, whose problem is reported
-        unknown = [s for s in names if s not in chemical_symbols[1:]]
-        if unknown:
-            report.problems.append(f"{path}: {key}: {', '.join(unknown)} is not an element")
-        missing = [s for s in structure_species if s not in names]
-        extra = [s for s in names if s not in structure_species and s not in unknown]
-        if unknown or missing or (key == "model_type_names" and extra):
-            reported = names
-        if missing or (key == "model_type_names" and extra):
-            report.problems.append(
-                f"{path}: {key}: [{', '.join(names)}] does not match the structure's species "
-                f"[{', '.join(structure_species)}]"
-                + (
-                    " (leave model_type_names: ??? to have them filled in)"
-                    if key == "model_type_names"
-                    else ""
-                )
-            )
-
-
-def _nequip_stress(
-    path: Path, config: Any, atoms: Atoms, campaign: Campaign | None, report: ValidationReport
-) -> None:
-    """NPT walkers move the cell with the model's stress: it must be trained on stress."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    if campaign is None or campaign.walkers.ensemble != "npt" or not np.all(atoms.pbc):
-        return
-    key = "training_module.loss.coeffs.stress"
-    try:
-        weight = OmegaConf.select(config, key, default=None)
-    except OmegaConfBaseException:
-        return
-    if not (isinstance(weight, int | float) and weight > 0):
-        report.problems.append(
-            f"{path}: {key}: is {weight}; NPT walkers need a model trained on stress (the cell "
-            "collapses otherwise): give stress_weight a positive value"
-        )
-
-
-def _nequip_targets(path: Path, data: Any, key: str = "") -> list[str]:
-    """Every ``_target_`` must name an importable class or function."""
-    problems: list[str] = []
-    if isinstance(data, dict):
-        target = data.get("_target_")
-        if isinstance(target, str) and "${" not in target:
-            why = _why_not_importable(target)
-            if why:
-                problems.append(
-                    f"{path}: {key + '.' if key else ''}_target_: cannot import {target} ({why})"
-                )
-        for name, value in data.items():
-            if name != "_target_":
-                problems.extend(_nequip_targets(path, value, f"{key}.{name}" if key else name))
-    elif isinstance(data, list):
-        for i, value in enumerate(data):
-            problems.extend(_nequip_targets(path, value, f"{key}[{i}]"))
-    return problems
-
-
-def _why_not_importable(target: str) -> str | None:
-    """None if ``a.b.C`` names an importable module attribute (as hydra locates ``_target_``)."""
-    parts = target.split(".")
-    for i in range(len(parts), 0, -1):
-        module_name = ".".join(parts[:i])
-        try:
-            obj: Any = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and not module_name.startswith(exc.name):
-                return f"importing {module_name} needs {exc.name}, which is not installed"
-            continue
-        except Exception as exc:  # a module that fails while importing
-            return f"importing {module_name} failed: {type(exc).__name__}: {exc}"
-        for attr in parts[i:]:
-            if not hasattr(obj, attr):
-                return f"{obj.__name__ if hasattr(obj, '__name__') else module_name} has no {attr}"
-            obj = getattr(obj, attr)
-        return None
-    return f"no module {parts[0]}"
 
 
 # --- site profile ----------------------------------------------------------------------------
