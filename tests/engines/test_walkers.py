@@ -476,7 +476,7 @@ def test_walker_and_settings_are_checked() -> None:
     with pytest.raises(ValueError, match=r"walker 2 is not one of 0\.\.1"):
         Walker(2, 1, 2, Path("bias"))
     # what campaign.yaml sets has no default of its own here (ensemble was nvt here, npt there)
-    with pytest.raises(TypeError, match="missing .* keyword-only arguments"):
+    with pytest.raises(TypeError, match=r"missing .* keyword-only arguments"):
         WalkerSettings(steps=5)  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="ensemble 'nve'"):
         lj_settings(ensemble="nve")
