@@ -7,16 +7,18 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from hillwalker.runner import run_campaign
 from hillwalker.engines.dataset import read_frames
 from hillwalker.engines.plumed import read_hills
+from hillwalker.execution import machine_cores
 from hillwalker.material_templates import new_from_template
+from hillwalker.runner import run_campaign
 
 HILLWALKER = str(Path(sys.executable).parent / "hillwalker")
 
@@ -59,11 +61,43 @@ def make_campaign(root: Path, **changes) -> Path:
     return root
 
 
+def _training_threads(root: Path, seen: dict[str, str], stop: threading.Event) -> None:
+    """OMP_NUM_THREADS of every nequip-train process of this campaign, read while it runs."""
+    while not stop.is_set():
+        for proc in Path("/proc").iterdir():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                if "nequip-train" not in cmdline or str(root) not in cmdline:
+                    continue
+                env = dict(
+                    item.split("=", 1)
+                    for item in (proc / "environ").read_bytes().decode().split("\0")
+                    if "=" in item
+                )
+            except (OSError, ValueError):
+                continue
+            generation = cmdline.split("/generations/")[1][:3]
+            seen[generation] = env.get("OMP_NUM_THREADS", "unset")
+        stop.wait(0.5)
+
+
 @pytest.mark.slow
 def test_two_generations_end_to_end(tmp_path):
     root = make_campaign(tmp_path / "c")
-    models = run_campaign(root)
-    assert [m.generation for m in models] == [0, 1, 2]
+    threads: dict[str, str] = {}
+    stop = threading.Event()
+    watcher = threading.Thread(target=_training_threads, args=(root, threads, stop), daemon=True)
+    watcher.start()
+    try:
+        models = run_campaign(root)
+    finally:
+        stop.set()
+        watcher.join()
+    assert [m.directory.parent.name for m in models] == ["000", "001", "002"]
+    # every training, also after the walkers of a generation ran on the same workers with one
+    # thread each, gets all the local pool's cores (measured bug: it inherited 1)
+    cores = str(machine_cores())
+    assert threads == {"000": cores, "001": cores, "002": cores}
 
     # the dataset grows by the successful walker frames of each generation
     sizes = []
