@@ -21,78 +21,19 @@ def campaign_status(directory: str | Path) -> dict[str, Any]:
     sps = cdir.records("single_point")
     walkers = cdir.records("walker")
     trains = cdir.records("train")
-
     models = sorted(
         (r for r in trains if r["status"] == STATUS_DONE), key=lambda r: r["generation"]
     )
-    generations = []
-    for r in models:
-        g = r["generation"]
-        new = [s for s in sps if _generation_of(cdir, s) == g]
-        generations.append(
-            {
-                "generation": g,
-                "model": str(cdir.root / r["compiled"]),
-                "package": str(cdir.root / r["package"]),
-                "validation": r.get("metrics", {}),
-                "single_points_done": sum(s["status"] == STATUS_DONE for s in new),
-                "single_points_failed": sum(s["status"] == STATUS_FAILED for s in new),
-                "training_seconds": r.get("seconds"),
-            }
-        )
-
-    cv_range: dict[str, list[float]] = {}
-    for w in walkers:
-        for name, value in (w.get("cv") or {}).items():
-            if isinstance(value, int | float):
-                lo, hi = cv_range.get(name, [value, value])
-                cv_range[name] = [min(lo, value), max(hi, value)]
-    cv_range.update(_colvar_ranges(cdir))
-
     run = read_json(cdir.run_state) or {}
     holder = _read_lock(cdir.lock)
     running = bool(holder and _alive(holder))
     finished = run.get("stage") == "finished"
-    walker_done = {(w.get("generation"), w.get("walker")) for w in walkers}
-    started_walkers = [(g, w) for g, w, _ in cdir.walker_dirs()]
-    trained = {r["generation"] for r in models}
-    started_models = [g for g, _ in cdir.model_dirs()]
-    unfinished = {
-        "single_point": _unfinished(cdir, "single_point"),
-        "walker": sum(key not in walker_done for key in started_walkers),
-        "train": sum(g not in trained for g in started_models),
-    }
-    failed_trainings = [
-        {"generation": r.get("generation"), "error": r.get("error")}
-        for r in trains
-        if r["status"] == STATUS_FAILED and r.get("generation") not in trained
-    ]
-    blow_ups = [
-        {
-            "generation": w.get("generation"),
-            "walker": w.get("walker"),
-            **{k: e.get(k) for k in ("step", "reason", "reset_to", "reset_to_step") if k in e},
-        }
-        for w in sorted(walkers, key=lambda w: (w.get("generation", 0), w.get("walker", 0)))
-        for e in w.get("events") or []
-        if e.get("kind") == "blow_up"
-    ]
     return {
         "directory": str(cdir.root),
         "generations_done": len(models),
-        "generations": generations,
-        "single_points": {
-            "done": sum(s["status"] == STATUS_DONE for s in sps),
-            "failed": sum(s["status"] == STATUS_FAILED for s in sps),
-            "failed_by_class": dict(
-                Counter(s.get("failure") or "unknown" for s in sps if s["status"] == STATUS_FAILED)
-            ),
-            # how often each retry (ladder rung, rerun after a crash) was needed
-            "retries": dict(
-                sorted(Counter(name for s in sps for name in s.get("corrections") or []).items())
-            ),
-        },
-        "cv_range": cv_range,
+        "generations": [_generation(cdir, r, sps) for r in models],
+        "single_points": _single_points(sps),
+        "cv_range": _cv_range(cdir, walkers),
         "wall_time_seconds": {
             "md": round(sum(w.get("seconds") or 0 for w in walkers), 2),
             "dft": round(sum(s.get("seconds") or 0 for s in sps), 2),
@@ -103,12 +44,91 @@ def campaign_status(directory: str | Path) -> dict[str, Any]:
         else ("finished" if finished else ("interrupted" if run else "new")),
         "last_progress": run,
         "stopped_by": run.get("stopped_by") if not running else None,
-        "failed_trainings": failed_trainings,
-        "walker_blow_ups": blow_ups,
-        "will_redo": unfinished if not running else {},
+        "failed_trainings": _failed_trainings(trains, models),
+        "walker_blow_ups": _blow_ups(walkers),
+        "will_redo": _will_redo(cdir, walkers, models) if not running else {},
         "dataset": str(cdir.dataset),
         "slurm_blocks": _slurm_blocks(cdir),
     }
+
+
+def _generation(
+    cdir: CampaignDir, model: dict[str, Any], sps: list[dict[str, Any]]
+) -> dict[str, Any]:
+    g = model["generation"]
+    new = [s for s in sps if _generation_of(cdir, s) == g]
+    return {
+        "generation": g,
+        "model": str(cdir.root / model["compiled"]),
+        "package": str(cdir.root / model["package"]),
+        "validation": model.get("metrics", {}),
+        "single_points_done": sum(s["status"] == STATUS_DONE for s in new),
+        "single_points_failed": sum(s["status"] == STATUS_FAILED for s in new),
+        "training_seconds": model.get("seconds"),
+    }
+
+
+def _single_points(sps: list[dict[str, Any]]) -> dict[str, Any]:
+    failed = [s for s in sps if s["status"] == STATUS_FAILED]
+    return {
+        "done": sum(s["status"] == STATUS_DONE for s in sps),
+        "failed": len(failed),
+        "failed_by_class": dict(Counter(s.get("failure") or "unknown" for s in failed)),
+        # how often each retry (ladder rung, rerun after a crash) was needed
+        "retries": dict(
+            sorted(Counter(name for s in sps for name in s.get("corrections") or []).items())
+        ),
+    }
+
+
+def _cv_range(cdir: CampaignDir, walkers: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Min/max of each CV: the walkers' final frames, then every COLVAR trace."""
+    cv_range: dict[str, list[float]] = {}
+    for w in walkers:
+        for name, value in (w.get("cv") or {}).items():
+            if isinstance(value, int | float):
+                lo, hi = cv_range.get(name, [value, value])
+                cv_range[name] = [min(lo, value), max(hi, value)]
+    cv_range.update(_colvar_ranges(cdir))
+    return cv_range
+
+
+def _will_redo(
+    cdir: CampaignDir, walkers: list[dict[str, Any]], models: list[dict[str, Any]]
+) -> dict[str, int]:
+    """Tasks that were started but not recorded: the next run redoes them."""
+    walker_done = {(w.get("generation"), w.get("walker")) for w in walkers}
+    trained = {r["generation"] for r in models}
+    return {
+        "single_point": _unfinished(cdir, "single_point"),
+        "walker": sum((g, w) not in walker_done for g, w, _ in cdir.walker_dirs()),
+        "train": sum(g not in trained for g, _ in cdir.model_dirs()),
+    }
+
+
+def _failed_trainings(
+    trains: list[dict[str, Any]], models: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Generations whose training failed and has not succeeded since."""
+    trained = {r["generation"] for r in models}
+    return [
+        {"generation": r.get("generation"), "error": r.get("error")}
+        for r in trains
+        if r["status"] == STATUS_FAILED and r.get("generation") not in trained
+    ]
+
+
+def _blow_ups(walkers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "generation": w.get("generation"),
+            "walker": w.get("walker"),
+            **{k: e.get(k) for k in ("step", "reason", "reset_to", "reset_to_step") if k in e},
+        }
+        for w in sorted(walkers, key=lambda w: (w.get("generation", 0), w.get("walker", 0)))
+        for e in w.get("events") or []
+        if e.get("kind") == "blow_up"
+    ]
 
 
 def _slurm_blocks(cdir: CampaignDir) -> list[dict[str, Any]]:
@@ -149,7 +169,8 @@ def _generation_of(cdir: CampaignDir, record: dict[str, Any]) -> int | None:
 def _colvar_ranges(cdir: CampaignDir) -> dict[str, list[float]]:
     """Min/max of every CV over all walker COLVAR traces (PLUMED units as printed)."""
     ranges: dict[str, list[float]] = {}
-    for colvar in sorted(cdir.root.glob("generations/*/walkers/w*/COLVAR*")):
+    colvars = (c for _, _, d in cdir.walker_dirs() for c in sorted(d.glob("COLVAR*")))
+    for colvar in colvars:
         for row in colvar_rows(colvar):
             for name, value in row.items():
                 if name == "time" or ".bias" in name or name.endswith("bias"):
