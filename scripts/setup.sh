@@ -2,7 +2,7 @@
 # One idempotent set-up step for hillwalker, used by both README commands.
 #
 #   bash scripts/setup.sh           # CP2K + .venv (torch CPU pin, hillwalker) + PLUMED kernel
-#   bash scripts/setup.sh --tests   # the same, plus SLURM (slurm-wlm, munge, libpmix-dev)
+#   bash scripts/setup.sh --tests   # the same, plus SLURM (slurm-wlm, munge, libpmix-dev), chromium
 #
 # Every step first checks whether its result is already there, so a second run does nothing
 # and takes a few seconds. Steps that need root or a package registry and cannot get them stop
@@ -36,6 +36,8 @@ command -v cp2k.psmp >/dev/null 2>&1 || need_debs+=(cp2k)
 if [ "$want_tests" = 1 ]; then
     command -v slurmctld >/dev/null 2>&1 || need_debs+=(slurm-wlm)
     command -v munged >/dev/null 2>&1 || need_debs+=(munge)
+    # headless Chromium: the test that opens `hillwalker report`'s page like a person would
+    command -v chromium >/dev/null 2>&1 || need_debs+=(chromium)
     [ -e /usr/include/pmix.h ] || ls /usr/lib/x86_64-linux-gnu/libpmix.so >/dev/null 2>&1 \
         || need_debs+=(libpmix-dev)
 fi
@@ -82,7 +84,7 @@ want_stamp="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want_stamp" ] \
     || ! "$vpy" -c 'import hillwalker' >/dev/null 2>&1; then
     say "installing hillwalker (editable) and its dependencies"
-    "$vpy" -m pip install -q -e ".[dev]" "torch==$TORCH_VERSION" || die "pip install -e . failed"
+    "$vpy" -m pip install -q -e ".[dev,tblite,pyscf]" "torch==$TORCH_VERSION" || die "pip install -e . failed"
     printf '%s\n' "$want_stamp" > "$stamp.tmp" && mv "$stamp.tmp" "$stamp"
 fi
 
