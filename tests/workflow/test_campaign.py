@@ -82,6 +82,7 @@ def _training_threads(root: Path, seen: dict[str, str], stop: threading.Event) -
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a whole 2-generation campaign; ~6 min on a quiet 2-core machine
 def test_two_generations_end_to_end(tmp_path):
     root = make_campaign(tmp_path / "c")
     threads: dict[str, str] = {}

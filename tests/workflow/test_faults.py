@@ -74,6 +74,7 @@ def status(root: Path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a generation-0 campaign, run twice
 def test_failed_single_points_are_retried_per_the_ladder_recorded_and_the_campaign_goes_on(
     tmp_path,
 ):
@@ -133,6 +134,7 @@ def test_failed_single_points_are_retried_per_the_ladder_recorded_and_the_campai
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a 2-generation campaign, run twice
 def test_a_diverged_training_stops_the_run_and_the_fixed_campaign_goes_on(tmp_path):
     """Then, in generation 1, a walker blows up: it is reset, recorded, and the run finishes."""
     # a learning rate that drives the weights to NaN in the first epoch (set in campaign.yaml):

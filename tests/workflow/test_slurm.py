@@ -13,7 +13,8 @@ import pytest
 from hillwalker.execution import Execution, read_blocks
 from hillwalker.sites import SiteProfile
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+# campaigns through sbatch: generous, a block waits for its queue before it runs anything
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 WATER_XTB = """\
 &GLOBAL

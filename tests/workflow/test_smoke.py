@@ -20,6 +20,7 @@ def hw(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # new, validate and a smoke campaign
 def test_new_material_validate_and_smoke_run(tmp_path):
     campaign = tmp_path / "mil53-cr"
     out = hw("new", str(campaign), "--structure", str(DATA / "MINVUA.cif"), "--primitive")
