@@ -65,6 +65,7 @@ class Progress:
     epoch: int | None = None
     max_epochs: int | None = None
     skipped: int = 0  # tasks found done on disk and not redone
+    stop_reason: str | None = None  # why the loop ended (a stop rule, or all generations done)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -94,6 +95,7 @@ class CampaignRun:
         self._label_keys: dict[cf.Future[Any], str] = {}
         self._clock = GenerationClock()
         self._skipped_before = 0
+        self._test_errors: dict[int, dict[str, Any]] = {}
 
     # ---- the loop ----------------------------------------------------------------------------
     def run(self, execution: Any) -> list[TrainedModel]:
@@ -105,11 +107,14 @@ class CampaignRun:
         self.ex = execution
         models = [self.generation_zero()]
         for g in range(1, self.cfg.stop.generations + 1):
-            reason = self.stop_reason(models[-1])
+            reason = self.stop_reason(g - 1, models[-1])
             if reason:
                 log.info("stopping before generation %d: %s", g, reason)
+                self._report(stop_reason=reason)
                 break
             models.append(self.generation(g, models[-1]))
+        else:
+            self._report(stop_reason=f"all {self.cfg.stop.generations} generation(s) done")
         self._report(stage="finished")
         return models
 
@@ -150,15 +155,26 @@ class CampaignRun:
             snapshot_hills(self.dir.bias, self.dir.generation(g) / "hills")
         return self._train(g, previous=model)
 
-    def stop_reason(self, model: TrainedModel) -> str | None:
-        budget = self.cfg.stop.max_single_points
+    def stop_reason(self, g: int, model: TrainedModel) -> str | None:
+        """Why the campaign stops after generation ``g``, or None to go on."""
+        stop = self.cfg.stop
         spent = len(self.dir.records("single_point"))
-        if budget is not None and spent >= budget:
-            return f"single-point budget spent ({spent} ≥ {budget})"
-        target = self.cfg.stop.target_force_rmse
-        force = model.metrics.get("force_rmse_mev_per_ang")
-        if target is not None and force is not None and force <= target:
-            return f"validation force RMSE {force:.1f} meV/Å ≤ target {target}"
+        if stop.max_single_points is not None and spent >= stop.max_single_points:
+            return f"single-point budget spent ({spent} ≥ {stop.max_single_points})"
+        if stop.target_force_rmse is not None:
+            where = f"test set {stop.target_set}" if stop.target_set else "validation"
+            errors = (
+                self._test_errors.get(g, {}).get(stop.target_set)
+                if stop.target_set
+                else model.metrics
+            )
+            force = (errors or {}).get("force_rmse_mev_per_ang")
+            if force is not None and force <= stop.target_force_rmse:
+                return f"{where} force RMSE {force:.1f} meV/Å ≤ target {stop.target_force_rmse}"
+        if stop.coverage_generations is not None:
+            from hillwalker.coverage import coverage_stalled
+
+            return coverage_stalled(self.dir, g, stop.coverage_generations, stop.coverage_tolerance)
         return None
 
     # ---- labeling ----------------------------------------------------------------------------
@@ -186,6 +202,9 @@ class CampaignRun:
             "index": index,
         }
         self._pending_labels[key] = (frame, provenance)
+        adopted = self._adopt_label(key)
+        if adopted is not None:
+            return adopted
         options = settings.single_point_options(
             self.cfg, cores=self.ex.cp2k_omp_threads, command=self.ex.cp2k_command
         )
@@ -201,13 +220,34 @@ class CampaignRun:
         fut.add_done_callback(lambda f, key=key: self._save_label(key, f))
         return fut
 
+    def _adopt_label(self, key: str) -> Atoms | None:
+        """A labeled frame from a finished single point that a killed run did not record.
+
+        The engine writes its result file last and atomically, in the task directory named by
+        the hash of (frame, level), so a complete result there with this level's digest is this
+        very single point: recording it now instead of running it again loses nothing.
+        """
+        from hillwalker.engines.levels import SinglePointResult
+
+        sp = SinglePointResult.read(self.dir.task_dir("single_point", key))
+        if sp is None or sp.status != STATUS_DONE or sp.level_digest != self.level.digest():
+            return None
+        labeled = self._record_label(key, sp, (sp.workdir.stat().st_mtime,) * 2)
+        log.info("%s: finished before the last run stopped; adopted", _where(labeled))
+        self.progress.skipped += 1
+        return labeled
+
     def _save_label(self, key: str, fut: cf.Future[Any]) -> None:
         """Result file first, record last: a record always points at a complete result."""
         if fut.exception() is not None:
             return  # reported by _wait_labels; no record, so a rerun retries it
         timed: Timed[SinglePointResult] = fut.result()
-        sp = timed.result
         self._clock.add("dft", timed.interval)
+        self._record_label(key, timed.result, timed.interval)
+
+    def _record_label(
+        self, key: str, sp: SinglePointResult, interval: tuple[float, float]
+    ) -> Atoms:
         labeled = self._labeled(key, sp)
         result = self.dir.task_dir("single_point", key) / "result.extxyz"
         write_frames(result, [labeled])
@@ -222,11 +262,12 @@ class CampaignRun:
                 "corrections": [c["name"] for c in sp.corrections],
                 "result": str(result.relative_to(self.dir.root)),
                 "generation": labeled.info.get("generation"),
-                "interval": list(timed.interval),
+                "interval": list(interval),
                 "code_seconds": float(sp.code_seconds),
                 "seconds": float(sp.wall_seconds),
             },
         )
+        return labeled
 
     def _labeled(self, key: str, sp: SinglePointResult) -> Atoms:
         """The frame with its labels (or its failure) and provenance."""
@@ -235,7 +276,7 @@ class CampaignRun:
 
     @staticmethod
     def _log_label(frame: Atoms, sp: SinglePointResult) -> None:
-        where = f"generation {frame.info.get('generation')} frame {frame.info.get('index')}"
+        where = _where(frame)
         if sp.status != STATUS_DONE:
             log.warning("%s: single point failed (%s): %s", where, sp.failure, sp.message)
         if sp.corrections:
@@ -438,7 +479,9 @@ class CampaignRun:
             from hillwalker.engines.nequip import TrainedModel
 
             self.progress.skipped += 1
-            return TrainedModel.from_record(self.dir.root / record["directory"])
+            model = TrainedModel.from_record(self.dir.root / record["directory"])
+            self._score(g, key, model)
+            return model
         out_dir = self.dir.model_dir(g)
         self._report(stage="training", epoch=0, max_epochs=changes["epochs"])
         fut = self.ex.submit(
@@ -453,7 +496,56 @@ class CampaignRun:
         )
         timed = self._wait_training(g, key, fut, out_dir)
         self._save_model(g, key, timed)
+        self._score(g, key, timed.result)
+        self._clock.write(
+            self.dir.timings(g),
+            g,
+            cores=getattr(self.ex, "cores", 1) or 1,
+            resumed=self.progress.skipped > self._skipped_before,
+        )
         return timed.result
+
+    def _score(self, g: int, key: str, model: TrainedModel) -> None:
+        """The model's errors on every test set, recorded with its training (computed once per
+        test-set file: a record that has them for the same file is left as it is)."""
+        test_sets = self.cfg.evaluation.test_sets
+        record = self.dir.record("train", key) or {}
+        errors, digests = (
+            dict(record.get("test_sets") or {}),
+            dict(record.get("test_set_digests") or {}),
+        )
+        wanted = {name: self.dir.root / path for name, path in test_sets.items()}
+        todo = {n: p for n, p in wanted.items() if digests.get(n) != file_digest(p)}
+        if todo:
+            self._report(stage="testing")
+        futures = {
+            name: self.ex.submit(
+                "train",
+                tasks.score_model,
+                str(self._compiled(model)),
+                str(path),
+                threads=self.ex.threads("train"),
+            )
+            for name, path in todo.items()
+        }
+        for name, fut in futures.items():
+            timed: Timed[dict[str, Any]] = fut.result()
+            self._clock.add("train", timed.interval)
+            errors[name], digests[name] = timed.result, file_digest(todo[name])
+            log.info(
+                "generation %d model on test set %s (%d frames): force RMSE %s meV/Å, "
+                "energy RMSE %s meV/atom",
+                g,
+                name,
+                timed.result.get("n_frames"),
+                _fmt(timed.result.get("force_rmse_mev_per_ang")),
+                _fmt(timed.result.get("energy_rmse_mev_per_atom")),
+            )
+        self._test_errors[g] = {n: errors[n] for n in wanted}
+        if futures:
+            self.dir.save_record(
+                "train", key, {**record, "test_sets": errors, "test_set_digests": digests}
+            )
 
     def _wait_training(
         self, g: int, key: str, fut: cf.Future[Any], out_dir: Path
@@ -505,12 +597,6 @@ class CampaignRun:
             _fmt(m.get("stress_rmse_gpa")),
             m.get("n_train"),
             m.get("n_val"),
-        )
-        self._clock.write(
-            self.dir.timings(g),
-            g,
-            cores=getattr(self.ex, "cores", 1) or 1,
-            resumed=self.progress.skipped > self._skipped_before,
         )
 
     @staticmethod
@@ -586,6 +672,10 @@ def _log_walker_events(g: int, i: int, events: list[dict[str, Any]]) -> None:
             )
         else:
             log.warning("generation %d walker %d: %s", g, i, event)
+
+
+def _where(frame: Atoms) -> str:
+    return f"generation {frame.info.get('generation')} frame {frame.info.get('index')}"
 
 
 def _fmt(value: Any) -> str:

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from hillwalker.engines.geometry import DEFAULT_MIN_DISTANCE
 
@@ -120,7 +127,32 @@ class Stop(_Model):
         None, gt=0, description="Stop once this many single points were spent (done + failed)."
     )
     target_force_rmse: float | None = Field(
-        None, gt=0, description="Stop once a model's validation force RMSE is below this, meV/Å."
+        None,
+        gt=0,
+        description="Stop once a model's force RMSE is at or below this, meV/Å: on the test "
+        "set named by target_set, else on the model's validation frames.",
+    )
+    target_set: str | None = Field(
+        None, description="The evaluation.test_sets entry target_force_rmse is measured on."
+    )
+    coverage_generations: int | None = Field(
+        None,
+        gt=0,
+        description="Stop once the range of CV values the walkers visited has not grown for "
+        "this many generations in a row.",
+    )
+    coverage_tolerance: float = Field(
+        0.01,
+        ge=0,
+        description="Growth of the visited CV range below this fraction of it counts as none.",
+    )
+
+
+class Evaluation(_Model):
+    test_sets: dict[str, str] = Field(
+        default_factory=dict,
+        description="Labeled frames the campaign never trains on, scored after every training: "
+        "name → extxyz file (relative to the campaign dir), labels at the campaign's level.",
     )
 
 
@@ -151,9 +183,20 @@ class Campaign(_Model):
     stop: Stop = Field(default_factory=Stop)  # type: ignore[arg-type]
     safety: Safety = Field(default_factory=Safety)  # type: ignore[arg-type]
     labeling: Labeling = Field(default_factory=Labeling)  # type: ignore[arg-type]
+    evaluation: Evaluation = Field(default_factory=Evaluation)  # type: ignore[arg-type]
     seed: int = Field(
         0, ge=0, description="Seed of every random choice (perturbations, MD, training)."
     )
+
+    @model_validator(mode="after")
+    def _target_set_exists(self) -> Campaign:
+        target = self.stop.target_set
+        if target is not None and target not in self.evaluation.test_sets:
+            known = ", ".join(sorted(self.evaluation.test_sets)) or "none"
+            raise ValueError(
+                f"stop.target_set: {target!r} is not an evaluation.test_sets entry (known: {known})"
+            )
+        return self
 
     def path(self, directory: Path, relative: str) -> Path:
         return (directory / relative).resolve()

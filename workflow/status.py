@@ -7,9 +7,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from hillwalker.coverage import cv_ranges
 from hillwalker.engines.dataset import STATUS_DONE, STATUS_FAILED
 from hillwalker.engines.files import read_json
-from hillwalker.engines.plumed import colvar_rows
 from hillwalker.state import CampaignDir, _alive, _read_lock
 
 
@@ -65,6 +65,7 @@ def _generation(
         "single_points_done": sum(s["status"] == STATUS_DONE for s in new),
         "single_points_failed": sum(s["status"] == STATUS_FAILED for s in new),
         "training_seconds": model.get("seconds"),
+        "test_sets": model.get("test_sets", {}),
     }
 
 
@@ -89,7 +90,7 @@ def _cv_range(cdir: CampaignDir, walkers: list[dict[str, Any]]) -> dict[str, lis
             if isinstance(value, int | float):
                 lo, hi = cv_range.get(name, [value, value])
                 cv_range[name] = [min(lo, value), max(hi, value)]
-    cv_range.update(_colvar_ranges(cdir))
+    cv_range.update(cv_ranges(cdir))
     return cv_range
 
 
@@ -164,20 +165,6 @@ def _generation_of(cdir: CampaignDir, record: dict[str, Any]) -> int | None:
             except ValueError:
                 return None
     return None
-
-
-def _colvar_ranges(cdir: CampaignDir) -> dict[str, list[float]]:
-    """Min/max of every CV over all walker COLVAR traces (PLUMED units as printed)."""
-    ranges: dict[str, list[float]] = {}
-    colvars = (c for _, _, d in cdir.walker_dirs() for c in sorted(d.glob("COLVAR*")))
-    for colvar in colvars:
-        for row in colvar_rows(colvar):
-            for name, value in row.items():
-                if name == "time" or ".bias" in name or name.endswith("bias"):
-                    continue
-                lo, hi = ranges.get(name, [value, value])
-                ranges[name] = [min(lo, value), max(hi, value)]
-    return ranges
 
 
 def _unfinished(cdir: CampaignDir, kind: str) -> int:

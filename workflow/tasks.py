@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ase import Atoms
 
@@ -128,3 +128,13 @@ def explore(
         model=model,
     )
     return Timed(segment, started, time.time())
+
+
+def score_model(model: str, frames: str, *, threads: int) -> Timed[dict[str, Any]]:
+    """Errors of a model on labeled frames (the keys of ``hillwalker evaluate --json``)."""
+    from hillwalker.engines.dataset import read_frames
+    from hillwalker.engines.nequip import evaluate
+
+    started = time.time()
+    errors = evaluate(Path(model), read_frames(frames), source=frames, threads=threads)
+    return Timed(errors, started, time.time())

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hillwalker.engines.dataset import read_frames
+from hillwalker.engines.dataset import read_frames, write_frames
 from hillwalker.engines.plumed import read_hills
 from hillwalker.execution import machine_cores
 from hillwalker.material_templates import new_from_template
@@ -56,9 +56,16 @@ def make_campaign(root: Path, **changes) -> Path:
     new_from_template(root, "mil53-al")
     config = json.loads(json.dumps(TINY))
     for section, values in changes.items():
-        config[section].update(values)
+        config.setdefault(section, {}).update(values)
     (root / "campaign.yaml").write_text(yaml.safe_dump(config))
     return root
+
+
+def with_test_set(root: Path, name: str = "test.extxyz") -> Path:
+    """Eight independent MIL-53 frames across np → lp at the campaign's xTB level."""
+    frames = read_frames(Path(__file__).parents[1] / "data/mil53_xtb_frames.extxyz")
+    write_frames(root / name, frames[::6])
+    return root / name
 
 
 def _training_threads(root: Path, seen: dict[str, str], stop: threading.Event) -> None:
@@ -84,7 +91,14 @@ def _training_threads(root: Path, seen: dict[str, str], stop: threading.Event) -
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # a whole 2-generation campaign; ~6 min on a quiet 2-core machine
 def test_two_generations_end_to_end(tmp_path):
-    root = make_campaign(tmp_path / "c")
+    # three generations allowed, but the coverage rule (any growth below 1e9 x the range counts
+    # as none) stops the walk after generation 2: generation 2's walkers add to generation 1's
+    root = make_campaign(
+        tmp_path / "c",
+        stop={"generations": 3, "coverage_generations": 1, "coverage_tolerance": 1e9},
+        evaluation={"test_sets": {"np-lp": "test.extxyz"}},
+    )
+    test_set = with_test_set(root)
     threads: dict[str, str] = {}
     stop = threading.Event()
     watcher = threading.Thread(target=_training_threads, args=(root, threads, stop), daemon=True)
@@ -138,6 +152,21 @@ def test_two_generations_end_to_end(tmp_path):
     )
     assert status["generations_done"] == 3
     assert status["state"] == "finished"
+    assert "CV coverage has not grown in 1 generation" in status["last_progress"]["stop_reason"]
+    # every model was scored on the test set; the record equals `hillwalker evaluate` on it
+    assert all(g["test_sets"]["np-lp"]["n_frames"] == 8 for g in status["generations"])
+    scored = subprocess.run(
+        [HILLWALKER, "evaluate", str(models[-1].compiled), str(test_set), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert scored.returncode == 0, scored.stderr
+    want = json.loads(scored.stdout)
+    got = status["generations"][-1]["test_sets"]["np-lp"]
+    assert set(got) == set(want)
+    for key in ("energy_rmse_mev_per_atom", "force_rmse_mev_per_ang", "stress_rmse_gpa"):
+        assert got[key] == pytest.approx(want[key], rel=1e-6)
     assert status["single_points"]["done"] == len(dataset)
     assert status["cv_range"]
 
@@ -239,3 +268,24 @@ def _cp2k_running_in(root: Path) -> bool:
         if cwd.startswith(str(root)) and b"cp2k" in (proc / "cmdline").read_bytes():
             return True
     return False
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_a_campaign_stops_once_its_test_error_reaches_the_target(tmp_path):
+    """Generation 0's model already meets a (generous) target on the test set: no walkers."""
+    root = make_campaign(
+        tmp_path / "c",
+        training={"epochs": 2},
+        stop={"generations": 2, "target_force_rmse": 1e6, "target_set": "indep"},
+        evaluation={"test_sets": {"indep": "test.extxyz"}},
+    )
+    with_test_set(root)
+    models = run_campaign(root)
+    assert len(models) == 1 and not (root / "generations/001").exists()
+    run = json.loads((root / ".hillwalker/run.json").read_text())
+    force = run["stop_reason"].split("force RMSE ")[1].split(" meV")[0]
+    assert run["stop_reason"] == f"test set indep force RMSE {force} meV/Å ≤ target 1000000.0"
+    record = next((root / ".hillwalker/tasks/train").glob("*.json"))
+    errors = json.loads(record.read_text())["test_sets"]["indep"]
+    assert f"{errors['force_rmse_mev_per_ang']:.1f}" == force
