@@ -314,8 +314,6 @@ def new_from_structure(
     CP2K's data files for PBE-D3); the PLUMED input gets the CV with widths, grid and walls
     set from the start structure; NPT walkers for the volume, NVT otherwise.
     """
-    from hillwalker.engines.cp2k import Level, LevelError, cp2k_data_dir
-
     source = Path(structure)
     target = Path(directory)
     if level not in LEVELS:
@@ -326,14 +324,34 @@ def new_from_structure(
         atoms = read_structure(source)
     except ValueError as exc:
         raise TemplateError(str(exc)) from None
-    periodic = bool(np.all(atoms.pbc))
     reduced_cif = None
     if primitive:
         atoms, reduced_cif = _primitive_cell(source, atoms)
-    choice = CvChoice.parse(cv, len(atoms), periodic)
-    elements = sorted(set(atoms.get_chemical_symbols()), key=atomic_numbers.__getitem__)
+    choice = CvChoice.parse(cv, len(atoms), bool(np.all(atoms.pbc)))
     structure_name = "structure.cif" if reduced_cif else _structure_name(source)
-    level_file = f"levels/{level}.inp"
+    values = _generic_values(target, source, atoms, choice, level, temperature, structure_name)
+    values["CV"] = cv
+    values["COPIED"] = (
+        "reduced to its primitive cell (pymatgen)" if reduced_cif else "copied unchanged"
+    )
+    _write_generic(target, source, atoms, choice, level, values, structure_name, reduced_cif)
+    return target
+
+
+def _generic_values(
+    target: Path,
+    source: Path,
+    atoms: Atoms,
+    choice: CvChoice,
+    level: str,
+    temperature: float,
+    structure_name: str,
+) -> dict[str, str]:
+    """The generic template's placeholders for this structure, CV, level and temperature."""
+    from hillwalker.engines.cp2k import cp2k_data_dir
+
+    periodic = bool(np.all(atoms.pbc))
+    elements = sorted(set(atoms.get_chemical_symbols()), key=atomic_numbers.__getitem__)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", target.resolve().name) or "campaign"
     ensemble = "npt" if choice.kind == "volume" else "nvt"
     summary = f"{len(atoms)} atoms, {atoms.get_chemical_formula(mode='hill')}" + (
@@ -344,18 +362,16 @@ def new_from_structure(
         "distance": f"DISTANCE of atoms {','.join(map(str, choice.atoms))}",
         "torsion": f"TORSION of atoms {','.join(map(str, choice.atoms))}",
     }[choice.kind]
-    values = {
+    return {
         "NAME": name,
         "PROJECT": re.sub(r"\W+", "_", name),
         "DESCRIPTION": f"{ensemble.upper()} metadynamics on {cv_text}, {level} labels",
         "SOURCE": source.name,
         "STRUCTURE": structure_name,
         "SUMMARY": summary,
-        "COPIED": "reduced to its primitive cell (pymatgen)" if reduced_cif else "copied unchanged",
-        "LEVEL": level_file,
+        "LEVEL": f"levels/{level}.inp",
         "LEVEL_NAME": level,
         "LEVEL_NOTE": "GFN1-xTB" if level == "xtb" else "PBE-D3(BJ), MOLOPT DZVP, GTH-PBE",
-        "CV": cv,
         "CV_NOTE": cv_text,
         "ELEMENTS": " ".join(elements),
         "ENSEMBLE": ensemble,
@@ -368,6 +384,21 @@ def new_from_structure(
         "NEQUIP_BODY": reference_nequip_body(1000.0 if periodic else 0.0),
     } | _cv_values(choice, atoms, temperature)
 
+
+def _write_generic(
+    target: Path,
+    source: Path,
+    atoms: Atoms,
+    choice: CvChoice,
+    level: str,
+    values: dict[str, str],
+    structure_name: str,
+    reduced_cif: str | None,
+) -> None:
+    """Fill the generic template into ``target`` (all files, or none)."""
+    from hillwalker.engines.cp2k import Level, LevelError
+
+    level_file = values["LEVEL"]
     generic = templates_root().joinpath(GENERIC)
     files = {
         "campaign.yaml": generic.joinpath("campaign.yaml"),
@@ -388,7 +419,6 @@ def new_from_structure(
         else:
             atoms.write(staging / structure_name, format="extxyz")
         try:
-            Level.from_file(staging / level_file).check_elements(elements)
+            Level.from_file(staging / level_file).check_elements(values["ELEMENTS"].split())
         except LevelError as exc:
             raise TemplateError(str(exc).replace(str(staging), str(target))) from None
-    return target
