@@ -42,15 +42,19 @@ class DatasetError(ValueError):
 def label(
     atoms: Atoms,
     energy: float,
-    forces: np.ndarray,
+    forces: np.ndarray | None,
     stress: np.ndarray | None = None,
     **provenance: Any,
 ) -> Atoms:
-    """Return a copy of ``atoms`` carrying the given labels (ASE units) and provenance."""
+    """Return a copy of ``atoms`` carrying the given labels (ASE units) and provenance;
+    ``forces=None``: an energy-only label (a method without gradients, e.g. CCSD(T))."""
     frame = atoms.copy()
-    results: dict[str, Any] = {"energy": float(energy), "forces": np.asarray(forces, dtype=float)}
-    if results["forces"].shape != (len(frame), 3):
-        raise ValueError(f"forces have shape {results['forces'].shape}, expected ({len(frame)}, 3)")
+    results: dict[str, Any] = {"energy": float(energy)}
+    if forces is not None:
+        results["forces"] = np.asarray(forces, dtype=float)
+        if results["forces"].shape != (len(frame), 3):
+            shape = results["forces"].shape
+            raise ValueError(f"forces have shape {shape}, expected ({len(frame)}, 3)")
     if stress is not None:
         s = np.asarray(stress, dtype=float)
         if s.shape == (3, 3):

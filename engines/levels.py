@@ -35,6 +35,8 @@ __all__ = [
     "ReferenceLevel",
     "RunOptions",
     "SinglePointResult",
+    "check_frame",
+    "check_frames",
     "load_level",
     "refusal",
 ]
@@ -46,7 +48,12 @@ FAILURES = ("scf_not_converged", "timeout", "crash", "bad_geometry", "missing_ki
 RESULT_FILE = "result.json"
 
 # Which module reads a level file, by suffix; the module has ``load(path) -> ReferenceLevel``.
-_LOADERS = {".inp": "hillwalker.engines.cp2k"}
+# A YAML level file names its code (``code: tblite``, ``code: pyscf``): see level_files.
+_LOADERS = {
+    ".inp": "hillwalker.engines.cp2k",
+    ".yaml": "hillwalker.engines.level_files",
+    ".yml": "hillwalker.engines.level_files",
+}
 
 
 class LevelError(ValueError):
@@ -69,7 +76,7 @@ class SinglePointResult:
 
     status: str  # "done" | "failed"
     energy: float | None  # eV
-    forces: np.ndarray | None  # eV/Å, (n, 3)
+    forces: np.ndarray | None  # eV/Å, (n, 3); None for an energy-only label (e.g. CCSD(T))
     stress: np.ndarray | None  # eV/Å³, Voigt (xx yy zz yz xz xy), ASE sign; None without pbc
     failure: str | None  # one of FAILURES
     corrections: list[dict[str, Any]]  # what was changed and rerun, as data, in order
@@ -99,7 +106,7 @@ class SinglePointResult:
             "failure_message": self.message,
             **provenance,
         }
-        if self.status == STATUS_DONE and self.energy is not None and self.forces is not None:
+        if self.status == STATUS_DONE and self.energy is not None:
             return label(atoms, self.energy, self.forces, self.stress, **info)
         frame = atoms.copy()
         frame.calc = None
@@ -154,7 +161,8 @@ class ReferenceLevel(Protocol):
 
 
 def load_level(path: str | os.PathLike[str]) -> ReferenceLevel:
-    """The level in ``path``, by its suffix (``*.inp``: CP2K); :class:`LevelError` otherwise."""
+    """The level in ``path``, by its suffix (``*.inp``: CP2K; ``*.yaml``/``*.yml``: the code its
+    ``code:`` key names); :class:`LevelError` otherwise."""
     p = Path(path)
     module = _LOADERS.get(p.suffix.lower())
     if module is None:
@@ -175,7 +183,31 @@ def refusal(
         level.check_elements(atoms.get_chemical_symbols())
     except LevelError as exc:
         return "missing_kind", str(exc)
+    try:
+        check_frame(level, atoms)
+    except LevelError as exc:
+        return "bad_geometry", str(exc)
     return None
+
+
+def check_frame(level: ReferenceLevel, atoms: Atoms) -> None:
+    """The level's own check of a frame where it has one (e.g. PySCF: molecules only, a spin
+    that fits the electrons); LevelError naming the level file and key otherwise."""
+    check = getattr(level, "check_frame", None)
+    if check is not None:
+        check(atoms)
+
+
+def check_frames(level: ReferenceLevel, frames: Iterable[Atoms]) -> None:
+    """LevelError unless ``level`` covers every element of ``frames`` and accepts each frame
+    (checked before anything runs)."""
+    frames = list(frames)
+    level.check_elements({s for f in frames for s in f.get_chemical_symbols()})
+    for i, atoms in enumerate(frames):
+        try:
+            check_frame(level, atoms)
+        except LevelError as exc:
+            raise LevelError(f"{exc} (frame {i})") from None
 
 
 def fresh_workdir(workdir: str | os.PathLike[str], *stale: str) -> Path:
@@ -205,7 +237,7 @@ class ResultBook:
     def done(
         self,
         energy: float,
-        forces: np.ndarray,
+        forces: np.ndarray | None,
         stress: np.ndarray | None,
         *,
         attempts: int,

@@ -281,7 +281,13 @@ def evaluate_command(
 
 @app.command("label")
 def label_command(
-    level: Annotated[Path, typer.Argument(help="Level of theory: a CP2K input file.")],
+    level: Annotated[
+        Path,
+        typer.Argument(
+            help="Level of theory: a CP2K input (*.inp) or a YAML level file "
+            "(code: tblite | pyscf, see docs/levels.md)."
+        ),
+    ],
     frames: Annotated[Path, typer.Argument(help="Frames to label (extxyz).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Labeled frames (extxyz).")],
     cores: Annotated[
@@ -294,10 +300,11 @@ def label_command(
         float | None, typer.Option("--timeout", min=1, help="Seconds per frame, then 'timeout'.")
     ] = None,
     work_dir: Annotated[
-        Path | None, typer.Option("--work-dir", help="CP2K task directories (default OUT.work).")
+        Path | None, typer.Option("--work-dir", help="Task directories (default OUT.work).")
     ] = None,
 ) -> None:
-    """Label frames with CP2K in parallel; failed frames are kept, marked with their failure."""
+    """Label frames at a level of theory (CP2K, tblite or PySCF) in parallel; failed frames are
+    kept, marked with their failure."""
     from hillwalker.config import ConfigError
     from hillwalker.labeling import LabelingError, label_file
 

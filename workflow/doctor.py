@@ -161,6 +161,21 @@ def check_module(name: str, dist: str | None = None, *, required: bool = True) -
     )
 
 
+def check_extra(name: str, module: str, extra: str) -> Check:
+    """An optional level-of-theory code (tblite, PySCF): its version, or how to install it."""
+    try:
+        importlib.import_module(module)
+    except Exception as exc:
+        return Check(
+            name,
+            False,
+            required=False,
+            problem=f"{name} not available ({type(exc).__name__}): needed only for "
+            f"'code: {name}' level files; install hillwalker[{extra}]",
+        )
+    return Check(name, True, required=False, version=importlib.metadata.version(name))
+
+
 def check_slurm() -> Check:
     commands = {c: shutil.which(c) for c in ("sbatch", "squeue", "scancel", "sinfo", "sacct")}
     if not commands["sbatch"]:
@@ -193,5 +208,7 @@ def run_checks() -> list[Check]:
         check_module("ase"),
         check_module("pymatgen"),
         check_module("cp2k_input_tools", "cp2k-input-tools"),
+        check_extra("tblite", "tblite.interface", "tblite"),
+        check_extra("pyscf", "pyscf", "pyscf"),
         check_slurm(),
     ]

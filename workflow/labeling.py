@@ -2,11 +2,11 @@
 
 ``hillwalker label LEVEL FRAMES.extxyz -o OUT.extxyz`` calls :func:`label_file`. The level is any
 :class:`~hillwalker.engines.levels.ReferenceLevel` (:func:`~hillwalker.engines.levels.load_level`:
-a CP2K input today). Each frame is one ``dft`` task (``tasks.label_frame`` → the level's
-``single_point``) in its own directory ``<work>/<key>/``, where ``key`` hashes the frame's geometry
-and the level's settings. A finished frame is written there as ``frame.extxyz`` (atomically,
-last), so running the same command again after an interruption reruns only the frames that had
-not finished.
+a CP2K input, or a YAML level file for tblite or PySCF). Each frame is one ``dft`` task
+(``tasks.label_frame`` → the level's ``single_point``) in its own directory ``<work>/<key>/``,
+where ``key`` hashes the frame's geometry and the level's settings. A finished frame is written
+there as ``frame.extxyz`` (atomically, last), so running the same command again after an
+interruption reruns only the frames that had not finished.
 
 Failed frames go to the output too, unlabeled, with ``status="failed"`` and their ``failure``
 class in ``info``; a frame whose task could not run at all (a lost worker) is reported as a
@@ -29,7 +29,13 @@ from ase import Atoms
 from hillwalker import tasks
 from hillwalker.engines.dataset import STATUS_DONE, STATUS_FAILED, read_frames, write_frames
 from hillwalker.engines.geometry import DEFAULT_MIN_DISTANCE
-from hillwalker.engines.levels import LevelError, ReferenceLevel, RunOptions, load_level
+from hillwalker.engines.levels import (
+    LevelError,
+    ReferenceLevel,
+    RunOptions,
+    check_frames,
+    load_level,
+)
 from hillwalker.sites import SiteProfile
 from hillwalker.state import frame_digest, task_key
 
@@ -118,7 +124,7 @@ def _load(level_path: Path, frames_path: str | Path) -> tuple[ReferenceLevel, li
     try:
         level = load_level(level_path)
         frames = read_frames(frames_path)
-        level.check_elements({s for f in frames for s in f.get_chemical_symbols()})
+        check_frames(level, frames)
     except (LevelError, DatasetError) as exc:
         raise LabelingError(str(exc)) from None
     return level, frames

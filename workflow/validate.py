@@ -1,8 +1,9 @@
 """``hillwalker validate``: check a campaign directory before anything runs.
 
 Every check runs, and every problem is reported, each as one line ``file: key or line: message``:
-campaign.yaml against its schema; the start structure read; the CP2K level parsed with
-cp2k-input-tools and every element of the structure covered at that level; the PLUMED input
+campaign.yaml against its schema; the start structure read; the level of theory loaded (a CP2K
+input parsed with cp2k-input-tools, or a YAML level file for tblite or PySCF) and every element
+of the structure covered at that level; the PLUMED input
 loaded, line by line, in the real PLUMED kernel with the start structure, one step computed and
 the CV values read back; the NequIP config parsed, its ``_target_`` classes located and its
 species compared with the structure's; the site profile.
@@ -217,24 +218,23 @@ def _check_structure(
     return atoms
 
 
-# --- CP2K level ------------------------------------------------------------------------------
+# --- level of theory ---------------------------------------------------------------------------
 
 
 def _check_level(path: Path, atoms: Atoms | None, report: ValidationReport) -> None:
     if not path.is_file():
         report.problems.append(f"{path}: file not found")
         return
+    from hillwalker.engines.levels import LevelError, check_frames, load_level
+
     try:
-        from hillwalker.engines.cp2k import Level, LevelError
-    except ImportError as exc:
-        report.unavailable.append(f"{path}: CP2K level check unavailable ({exc})")
-        return
-    try:
-        level = Level.from_file(path)
+        level = load_level(path)  # any code: a CP2K input or a YAML level file
         if atoms is not None:
-            level.check_elements(atoms.get_chemical_symbols())
+            check_frames(level, [atoms])
     except LevelError as exc:
         report.problems.append(str(exc))
+    except ImportError as exc:  # the level's code's Python side (cp2k-input-tools) is missing
+        report.unavailable.append(f"{path}: level check unavailable ({exc})")
 
 
 # --- PLUMED ----------------------------------------------------------------------------------

@@ -34,10 +34,14 @@ def test_a_cp2k_input_is_a_cp2k_level() -> None:
 
 
 def test_an_unknown_level_file_is_refused_by_name(tmp_path: Path) -> None:
-    other = tmp_path / "level.yaml"
-    other.write_text("method: gfn2\n")
-    with pytest.raises(LevelError, match=r"level\.yaml: not a level file .*\*\.inp"):
+    other = tmp_path / "level.toml"
+    other.write_text("method = 'gfn2'\n")
+    with pytest.raises(LevelError, match=r"level\.toml: not a level file .*\*\.inp.*\*\.yaml"):
         load_level(other)
+    no_code = tmp_path / "level.yaml"
+    no_code.write_text("method: gfn2\n")
+    with pytest.raises(LevelError, match=r"level\.yaml: code: missing \(one of pyscf, tblite\)"):
+        load_level(no_code)
     with pytest.raises(LevelError, match=r"missing\.inp: cannot read the level file"):
         load_level(tmp_path / "missing.inp")
 

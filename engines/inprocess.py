@@ -1,0 +1,300 @@
+"""Single points of library codes (tblite, PySCF) in a child Python process.
+
+The codes are Python libraries, but each attempt still runs in a child process
+(``python -m hillwalker.engines.inprocess IN OUT``): the deadline of a single point can then be
+kept by killing the child (a ``signal.alarm`` cannot interrupt a long call into Fortran or C,
+and only works in the main thread), a crash of the library (a segfault) is a ``crash`` of one
+frame rather than the death of the worker, and the child's threads are set through its own
+environment (``OMP_NUM_THREADS`` = the cores it was given), never by changing the worker's.
+
+:func:`single_point` is the loop both codes share: refuse a frame the level cannot take, run an
+attempt, and on an unconverged SCF climb a ladder of settings changes (:class:`Rung`, recorded
+as data in ``corrections``) while the timeout leaves time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from ase import Atoms
+
+from hillwalker.engines.files import atomic_open
+from hillwalker.engines.levels import (
+    ResultBook,
+    RunOptions,
+    SinglePointResult,
+    fresh_workdir,
+    refusal,
+)
+from hillwalker.engines.processes import die_with_parent
+
+
+class ScfNotConverged(RuntimeError):  # noqa: N818 (the failure class's own name)
+    """Raised inside the child when the code's SCF (or CC iterations) did not converge."""
+
+
+@dataclass(frozen=True)
+class Labels:
+    """What an attempt computed, in ASE units."""
+
+    energy: float  # eV
+    forces: np.ndarray | None  # eV/Å; None where the method has no analytic gradient
+    stress: np.ndarray | None  # eV/Å³ Voigt, ASE sign; None without pbc
+    scf_steps: int | None = None
+    seconds: float = 0.0  # inside the code
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    """One attempt in a child process: its labels, or why there are none."""
+
+    labels: Labels | None
+    failure: str | None  # "scf_not_converged" | "crash" | "timeout"
+    message: str | None
+    seconds: float  # the child from start to exit (Python start-up and imports too)
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One step of an SCF ladder over a settings mapping: ``scale`` multiplies numbers (up to
+    ``cap``), ``at_least`` raises them, ``set`` sets values. A rung that changes nothing is
+    skipped."""
+
+    name: str
+    scale: tuple[tuple[str, float], ...] = ()
+    at_least: tuple[tuple[str, float], ...] = ()
+    set: tuple[tuple[str, Any], ...] = ()
+    cap: float = 1000
+
+    def apply(self, settings: dict[str, Any]) -> dict[str, Any] | None:
+        """Edit ``settings`` in place; the edit made (``{"name", "set"}``), or None."""
+        changed: dict[str, Any] = {}
+        for key, factor in self.scale:
+            new = min(type(settings[key])(settings[key] * factor), self.cap)
+            if new > settings[key]:
+                changed[key] = new
+        for key, minimum in self.at_least:
+            if settings[key] < minimum:
+                changed[key] = minimum
+        changed.update({k: v for k, v in self.set if settings.get(k) != v})
+        if not changed:
+            return None
+        settings.update(changed)
+        return {"name": self.name, "set": changed}
+
+
+class ChildLevel(Protocol):
+    """What :func:`single_point` needs of a level that computes in a child process."""
+
+    name: str
+
+    @property
+    def code(self) -> str: ...
+
+    def digest(self) -> str: ...
+
+    def check_elements(self, symbols: Any) -> None: ...
+
+    def run_settings(self) -> dict[str, Any]: ...  # what the child's compute function gets
+
+
+def single_point(
+    atoms: Atoms,
+    level: ChildLevel,
+    workdir: str | os.PathLike[str],
+    options: RunOptions,
+    *,
+    compute: str,
+    ladder: Sequence[Rung],
+) -> SinglePointResult:
+    """Label ``atoms`` with ``compute`` (``"module:function"``, called in the child as
+    ``function(atoms, settings) -> Labels``), climbing ``ladder`` on an unconverged SCF."""
+    start = time.perf_counter()
+    work = fresh_workdir(workdir, "attempt-*")
+    book = ResultBook(work, level.name, level.digest(), level.code, started=start)
+    refused = refusal(atoms, level, options.min_distance)  # type: ignore[arg-type]
+    if refused:
+        return book.failed(*refused, attempts=0)
+    settings = level.run_settings()
+    rungs = list(ladder)
+    attempt = 0
+    while True:
+        attempt += 1
+        remaining = _remaining(options.timeout, start)
+        if remaining is not None and remaining <= 0:
+            return book.failed("timeout", f"no time left for attempt {attempt}", attempt - 1)
+        run = run_child(
+            compute, (atoms, dict(settings)), work, f"attempt-{attempt}", options.cores, remaining
+        )
+        book.process_seconds += run.seconds
+        if run.labels is not None:
+            book.code_seconds += run.labels.seconds
+            got = run.labels
+            return book.done(
+                got.energy, got.forces, got.stress, attempts=attempt, scf_steps=got.scf_steps
+            )
+        failure, message = run.failure or "crash", run.message or "no result"
+        if failure == "timeout":
+            message = f"{message} (timeout {options.timeout} s)"
+        edit = _next_rung(rungs, settings) if failure == "scf_not_converged" else None
+        if edit is None:
+            return book.failed(failure, f"{message} ({work}, attempt {attempt})", attempt)
+        book.corrections.append(edit)
+
+
+def isolated_atom_energies(
+    digest: str,
+    free_atom_level: Callable[[int], ChildLevel],
+    elements: Any,
+    cache_dir: str | os.PathLike[str],
+    options: RunOptions,
+    *,
+    compute: str,
+    ladder: Sequence[Rung],
+) -> dict[str, float]:
+    """Energy (eV) of each element as a free atom, in its ground-state spin
+    (``free_atom_level(multiplicity)`` is the level for it), cached per level digest in
+    ``cache_dir/isolated_atoms_<digest>.json`` (``digest``: the level's own); RuntimeError naming
+    the element if one fails."""
+    from hillwalker.engines.cp2k.level import GROUND_STATE_MULTIPLICITY
+    from hillwalker.engines.files import atomic_write_json, read_json
+
+    cache = Path(cache_dir)
+    cache_file = cache / f"isolated_atoms_{digest}.json"
+    known: dict[str, float] = dict(read_json(cache_file) or {})
+    for symbol in sorted(set(elements)):
+        if symbol in known:
+            continue
+        atom = Atoms(symbol, pbc=False)
+        parity = 1 + atom.numbers[0] % 2  # 1 for an even number of electrons, else 2
+        level = free_atom_level(GROUND_STATE_MULTIPLICITY.get(symbol, parity))
+        work = cache / f"atom_{digest}_{symbol}"
+        result = single_point(atom, level, work, options, compute=compute, ladder=ladder)
+        if result.status != "done" or result.energy is None:
+            raise RuntimeError(
+                f"isolated {symbol} atom at level {level.name} failed: "
+                f"{result.failure}: {result.message}"
+            )
+        known[symbol] = result.energy
+        atomic_write_json(cache_file, known)
+    return {s: known[s] for s in sorted(set(elements))}
+
+
+def settings_digest(code: str, settings: dict[str, Any]) -> str:
+    """Content hash of a level's settings (the ones that change the numbers)."""
+    blob = json.dumps({"code": code, **settings}, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _remaining(timeout: float | None, start: float) -> float | None:
+    return None if timeout is None else timeout - (time.perf_counter() - start)
+
+
+def _next_rung(rungs: list[Rung], settings: dict[str, Any]) -> dict[str, Any] | None:
+    while rungs:
+        edit = rungs.pop(0).apply(settings)
+        if edit is not None:
+            return edit
+    return None
+
+
+def child_env(cores: int) -> dict[str, str]:
+    """The child's environment: the worker's, with every thread pool set to ``cores``."""
+    n = str(max(1, cores))
+    return dict(
+        os.environ, OMP_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n, MKL_NUM_THREADS=n, OMP_DYNAMIC="0"
+    )
+
+
+def run_child(
+    compute: str,
+    args: tuple[Any, ...],
+    work: Path,
+    stem: str,
+    cores: int,
+    timeout: float | None,
+) -> ChildRun:
+    """``compute(*args)`` in a child process (``stem.in.pkl`` → ``stem.out.pkl``, its output in
+    ``stem.log``), killed with its process group after ``timeout`` s."""
+    inp, out, log_path = (work / f"{stem}{s}" for s in (".in.pkl", ".out.pkl", ".log"))
+    inp.write_bytes(pickle.dumps((compute, args)))
+    out.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "hillwalker.engines.inprocess", str(inp), str(out)]
+    started = time.perf_counter()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            argv,
+            cwd=work,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=child_env(cores),
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            return ChildRun(
+                None, "timeout", "killed at the deadline", time.perf_counter() - started
+            )
+        except BaseException:
+            _kill(proc)  # interrupted: leave nothing behind
+            raise
+    seconds = time.perf_counter() - started
+    if out.is_file():
+        outcome = pickle.loads(out.read_bytes())  # noqa: S301 (our own child wrote it)
+        if isinstance(outcome, Labels):
+            return ChildRun(outcome, None, None, seconds)
+        return ChildRun(None, outcome[0], outcome[1], seconds)
+    tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])
+    return ChildRun(None, "crash", f"exit status {proc.returncode}: {tail}", seconds)
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # the child owns no files that need a clean exit
+    proc.wait()
+
+
+def _resolve(compute: str) -> Callable[..., Labels]:
+    module, _, name = compute.partition(":")
+    fn: Callable[..., Labels] = getattr(importlib.import_module(module), name)
+    return fn
+
+
+def main(argv: Sequence[str]) -> int:
+    """The child: run the pickled call, write its :class:`Labels` or ``(failure, message)``."""
+    # run as ``-m``, this module is ``__main__``: the codes raise the package module's class
+    from hillwalker.engines.inprocess import ScfNotConverged as PackageScfNotConverged
+
+    inp, out = Path(argv[0]), Path(argv[1])
+    compute, args = pickle.loads(inp.read_bytes())  # noqa: S301 (written by our parent)
+    outcome: Any
+    try:
+        outcome = _resolve(compute)(*args)
+    except PackageScfNotConverged as exc:
+        outcome = ("scf_not_converged", str(exc))
+    except Exception as exc:  # any library error is one frame's crash, with its message
+        outcome = ("crash", f"{type(exc).__name__}: {exc}".splitlines()[0])
+    with atomic_open(out, "wb") as handle:  # a killed child leaves no half-written result
+        handle.write(pickle.dumps(outcome))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
