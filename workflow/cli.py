@@ -334,6 +334,40 @@ def label_command(
     )
 
 
+@app.command()
+def report(
+    directory: Annotated[Path, typer.Argument(help="Campaign directory.")],
+    out: Annotated[
+        Path | None, typer.Option("-o", "--out", help="HTML file (default: DIR/report.html).")
+    ] = None,
+) -> None:
+    """One static HTML page of a campaign: errors, parity, CV coverage, FES, costs (exit 2: no
+    campaign or no model yet, nothing written)."""
+    from hillwalker.report import NOTHING_TO_REPORT, ReportError, build_report
+
+    try:
+        written = build_report(directory, out)
+    except ReportError as exc:
+        raise fail(str(exc), NOTHING_TO_REPORT) from None
+    typer.echo(f"{written}  (open it in a browser: file://{written.resolve()})")
+
+
+@app.command()
+def compare(
+    directories: Annotated[list[Path], typer.Argument(help="Campaign directories.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="HTML file.")] = Path("compare.html"),
+) -> None:
+    """One static HTML page comparing campaigns: error vs single points, CV coverage (exit 2:
+    one of them is no campaign or has no model yet, nothing written)."""
+    from hillwalker.report import NOTHING_TO_REPORT, ReportError, build_comparison
+
+    try:
+        written = build_comparison(directories, out)
+    except ReportError as exc:
+        raise fail(str(exc), NOTHING_TO_REPORT) from None
+    typer.echo(f"{written}  (open it in a browser: file://{written.resolve()})")
+
+
 def _terminate(signum: int, frame: object) -> None:
     # SIGTERM (kill, scancel of the job running hillwalker) unwinds like Ctrl-C, so every
     # `finally` runs: Parsl's interchange, workers and SLURM blocks are cleaned up
