@@ -210,6 +210,8 @@ def validate(
         typer.echo(f"  CV {value.name:<12} {value.describe()}")
     for line in report.unavailable:
         typer.echo(f"note: {line}", err=True)
+    for line in report.warnings:
+        typer.echo(f"warning: {line}", err=True)
     for line in report.problems:
         typer.echo(f"problem: {line}", err=True)
     if report.problems:

@@ -37,6 +37,7 @@ from hillwalker.config import (
     read_yaml,
     validation_problems,
 )
+from hillwalker.security import material_inside, permission_warnings
 from hillwalker.validate_nequip import check_nequip
 
 # Actions whose ``.bias`` is an energy; their other components (force2, work…) are not shown.
@@ -93,6 +94,8 @@ class ValidationReport:
     unavailable: list[str] = field(default_factory=list)
     cv_values: list[CvValue] = field(default_factory=list)
     structure_summary: str = ""
+    #: not problems (the run goes on), but worth fixing: e.g. a directory others can write to
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -108,6 +111,8 @@ def validate_campaign(directory: str | Path, site: str | Path | None = None) -> 
         return report
 
     campaign, material = _check_campaign(root, report)
+    material = material_inside(root, material, report.problems)  # before any file is read
+    report.warnings.extend(permission_warnings(root))
     atoms = None
     if material.get("structure"):
         atoms = _check_structure(root / material["structure"], campaign, report)

@@ -1,0 +1,78 @@
+"""What ``validate`` (and so every ``run``) checks so that a campaign stays inside its directory.
+
+A campaign directory is self-contained: its inputs are digested for change detection and move
+with it, and everything it writes lands in it. campaign.yaml is data (see docs/security.md): a
+material path that leaves the directory is refused, naming the file and the key, before any
+file is read. A directory, campaign.yaml or lock that other users can write to is warned about:
+they could change what the next run computes or trains on.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from hillwalker.config import CAMPAIGN_FILE
+from hillwalker.state import STATE_DIR, CampaignDir
+
+
+def _home(root: Path) -> Path:
+    """The campaign whose files ``root`` may use: its own, or, for a smoke run's scratch
+    campaign (DIR/.hillwalker/smoke, which names DIR's material files by absolute path), DIR's."""
+    parent = root.parent.parent
+    return parent if CampaignDir(parent).smoke == root else root
+
+
+def _leaves(value: str, root: Path) -> bool:
+    path = Path(value)
+    if value.startswith("~"):
+        return True
+    if path.is_absolute() or ".." in path.parts:
+        if _home(root) == root:
+            return True
+        # the smoke campaign's absolute paths: inside the campaign it was made from
+        return not (root / path).resolve().is_relative_to(_home(root))
+    return False
+
+
+def material_inside(root: Path, material: dict[str, str], problems: list[str]) -> dict[str, str]:
+    """``material`` without the paths that leave the campaign directory (each one a problem)."""
+    root = Path(root).resolve()
+    kept = {}
+    for key, value in material.items():
+        if _leaves(value, root):
+            problems.append(
+                f"{root / CAMPAIGN_FILE}: material.{key}: {value!r} is outside the campaign "
+                "directory (an absolute path, '..' or '~'): copy the file into the directory "
+                "and give its path relative to it"
+            )
+        else:
+            kept[key] = value
+    return kept
+
+
+def _writable_by_others(path: Path) -> str | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    if info.st_mode & stat.S_IWOTH:
+        return f"world-writable (mode {stat.S_IMODE(info.st_mode):o})"
+    if info.st_uid != os.geteuid():
+        return f"owned by another user (uid {info.st_uid}, you are {os.geteuid()})"
+    return None
+
+
+def permission_warnings(root: Path) -> list[str]:
+    """One warning per campaign path that other users could change: the way out included."""
+    root = Path(root)
+    warnings = []
+    for path in (root, root / CAMPAIGN_FILE, root / STATE_DIR, CampaignDir(root).lock):
+        why = _writable_by_others(path)
+        if why:
+            warnings.append(
+                f"{path}: {why}: another user could change what this campaign computes or "
+                f"trains on; fix with 'chmod o-w {path}' (and chown, if it is not yours)"
+            )
+    return warnings
