@@ -94,15 +94,20 @@ def np_to_lp_path(np_cell: Atoms, lp_cell: Atoms, ts: np.ndarray) -> list[Atoms]
     return frames
 
 
-def main() -> int:
+def draw_frames(seed: int = SEED) -> list[Atoms]:
+    """The unlabeled frames: perturbed np and lp cells, and the rattled np → lp path."""
     np_cell, lp_cell = relaxed("np"), relaxed("lp")
     frames: list[Atoms] = []
     for i, (start, sigma) in enumerate(itertools.product((np_cell, lp_cell), (0.03, 0.05, 0.08))):
         n = 6 if sigma == 0.08 else 7
-        frames += perturb(start, n, position_sigma=sigma, strain=0.04, seed=SEED + i)
+        frames += perturb(start, n, position_sigma=sigma, strain=0.04, seed=seed + i)
     for j, mid in enumerate(np_to_lp_path(np_cell, lp_cell, np.linspace(0.1, 0.9, 8))):
-        frames += perturb(mid, 1, position_sigma=0.03, strain=0.02, seed=SEED + 100 + j)
+        frames += perturb(mid, 1, position_sigma=0.03, strain=0.02, seed=seed + 100 + j)
+    return frames
 
+
+def main() -> int:
+    frames = draw_frames()
     level = Level.from_file(LEVEL)
     labeled = []
     with tempfile.TemporaryDirectory(prefix="mil53_frames_") as tmp:

@@ -1,0 +1,279 @@
+"""Learning curves on an independent MIL-53(Al) test set: error against single points spent and
+against wall time, for several ways of choosing the frames, side by side at equal budget.
+
+    .venv/bin/python benchmarks/bench_learning_curve.py [--work DIR] [--budgets 36,72,150]
+        [--methods shared,independent,none,random,oracle] [--quick]
+
+Methods (all at the main job's level, GFN1-xTB in CP2K, and its NequIP template):
+- ``shared`` / ``independent`` / ``none``: the main job (examples/mil53-xtb: 24 perturbed frames,
+  then 4 NPT walkers × 1000 steps a generation) with the walkers' bias shared (the paper),
+  one bias per walker, or no bias (plain NPT MD); run until the largest budget is spent;
+- ``random``: N perturbations of the start structure only, labeled and trained once
+  (``--random-epochs``) from scratch, for each budget N;
+- ``oracle``: the same model trained on N frames drawn from the test set's own distribution
+  (a second pool made like the test set, with another seed).
+
+The test set (tests/data/mil53_xtb_frames.extxyz, 48 frames, made by
+tests/data/make_mil53_frames.py) is never trained on. It is scored as a whole and in bins:
+``near_eq`` (perturbed relaxed narrow pore, σ ≤ 0.05 Å: near equilibrium), ``np_lp`` (the
+np → lp path) and ``lp`` (perturbed relaxed large pore). The walker campaigns score every
+generation's model on each bin inside the loop (``evaluation.test_sets``).
+
+Resumable: every campaign resumes where it stopped, the oracle's labels and models are kept in
+``--work``; a rerun only computes what is missing. Prints one JSON object whatever it shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_SET = ROOT / "tests" / "data" / "mil53_xtb_frames.extxyz"
+WALKER_METHODS = ("shared", "independent", "none")
+BINS = ("all", "near_eq", "np_lp", "lp")
+METRICS = ("force_rmse_mev_per_ang", "energy_rmse_mev_per_atom", "stress_rmse_gpa")
+
+
+def test_bins(work: Path) -> dict[str, Path]:
+    """The test set and its bins as files in ``work`` (made once)."""
+    from hillwalker.engines.dataset import read_frames, write_frames
+
+    frames = read_frames(TEST_SET)
+    groups = {
+        "all": frames,
+        "near_eq": [
+            f
+            for f in frames
+            if f.info.get("source") == "np-relaxed" and float(f.info["perturb_sigma"]) <= 0.05
+        ],
+        "np_lp": [f for f in frames if str(f.info.get("source", "")).startswith("np-lp-path")],
+        "lp": [f for f in frames if f.info.get("source") == "lp-relaxed"],
+    }
+    paths = {}
+    for name, group in groups.items():
+        paths[name] = work / "test-set" / f"{name}.extxyz"
+        if not paths[name].exists():
+            write_frames(paths[name], group)
+    return paths
+
+
+def base_config(quick: bool) -> dict[str, Any]:
+    config = yaml.safe_load((ROOT / "examples" / "mil53-xtb" / "campaign.yaml").read_text())
+    config["material"] = {
+        "structure": "structure.cif",
+        "level": "levels/xtb.inp",
+        "plumed": "plumed.dat",
+        "nequip": "nequip.yaml",
+    }
+    if quick:  # the whole path in minutes: tiny numbers everywhere
+        config["generation0"]["frames"] = 4
+        config["walkers"].update(count=2, steps=100)
+        config["training"].update(
+            epochs=6, warm_epochs=3, overrides={"num_features": 8, "batch_size": 2}
+        )
+    return config
+
+
+def make_campaign(root: Path, config: dict[str, Any], bins: dict[str, Path]) -> Path:
+    from hillwalker.material_templates import new_from_template
+
+    if not (root / "campaign.yaml").exists():
+        new_from_template(root, "mil53-al")
+    config = json.loads(json.dumps(config))
+    config["evaluation"] = {"test_sets": {}}
+    for name, path in bins.items():  # copied into the campaign directory: it is self-contained
+        target = root / "test-set" / path.name
+        target.parent.mkdir(exist_ok=True)
+        if not target.exists():
+            target.write_bytes(path.read_bytes())
+        config["evaluation"]["test_sets"][name] = f"test-set/{path.name}"
+    (root / "campaign.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return root
+
+
+def campaign_curve(root: Path) -> list[dict[str, Any]]:
+    """(single points spent, wall time, test errors) after each generation of a campaign."""
+    from hillwalker.status import campaign_status
+
+    status = campaign_status(root)
+    points, spent, wall = [], 0, 0.0
+    for g in status["generations"]:
+        spent += g["single_points_done"] + g["single_points_failed"]
+        timings = root / "generations" / f"{g['generation']:03d}" / "timings.json"
+        if timings.exists():
+            wall += json.loads(timings.read_text())["wall_seconds"]
+        points.append(
+            {
+                "generation": g["generation"],
+                "single_points": spent,
+                "wall_s": round(wall, 1),
+                "errors": {b: _short(g["test_sets"].get(b)) for b in BINS},
+            }
+        )
+    return points
+
+
+def run_walker_method(
+    work: Path, method: str, config: dict[str, Any], budget: int, bins: dict[str, Path]
+) -> list[dict[str, Any]]:
+    from hillwalker.runner import run_campaign
+
+    config = json.loads(json.dumps(config))
+    config["walkers"]["bias"] = method
+    per_generation = config["walkers"]["count"]
+    config["stop"] = {
+        "generations": max(1, -(-(budget - config["generation0"]["frames"]) // per_generation)),
+        "max_single_points": budget,
+    }
+    root = make_campaign(work / method, config, bins)
+    run_campaign(root)
+    return campaign_curve(root)
+
+
+def run_random(
+    work: Path, config: dict[str, Any], budgets: list[int], epochs: int, bins: dict[str, Path]
+) -> list[dict[str, Any]]:
+    from hillwalker.runner import run_campaign
+
+    points = []
+    for n in budgets:
+        c = json.loads(json.dumps(config))
+        c["generation0"]["frames"] = n
+        c["training"]["epochs"] = epochs
+        c["stop"] = {"generations": 0}
+        root = make_campaign(work / f"random-{n}", c, bins)
+        run_campaign(root)
+        points.append(campaign_curve(root)[-1])
+    return points
+
+
+def run_oracle(
+    work: Path, config: dict[str, Any], budgets: list[int], epochs: int, bins: dict[str, Path]
+) -> list[dict[str, Any]]:
+    """Train on N frames from a second pool drawn like the test set (other seed)."""
+    from hillwalker.engines.dataset import read_frames, write_frames
+    from hillwalker.engines.nequip import TrainSettings, evaluate, train
+
+    pool = oracle_pool(work, max(budgets))
+    template = ROOT / "templates" / "mil53-al" / "nequip.yaml"
+    overrides = config["training"].get("overrides", {})
+    points = []
+    for n in budgets:
+        data = work / "oracle" / f"train-{n}.extxyz"
+        write_frames(data, pool[:n])
+        started = time.perf_counter()
+        settings = TrainSettings.from_template(
+            template, epochs=epochs, validation_fraction=0.15, seed=n, **overrides
+        )
+        model = train(data, work / "oracle" / f"model-{n}", template=template, settings=settings)
+        errors = {
+            b: _short(evaluate(model.compiled or model.package, read_frames(path)))
+            for b, path in bins.items()
+        }
+        points.append(
+            {
+                "single_points": n,
+                "wall_s": round(time.perf_counter() - started, 1),
+                "errors": errors,
+            }
+        )
+    return points
+
+
+def oracle_pool(work: Path, n: int) -> list[Any]:
+    """``n`` labeled frames drawn like the test set with another seed (labeled once, kept)."""
+    from hillwalker.engines.cp2k import Level, single_point
+    from hillwalker.engines.dataset import read_frames, write_frames
+
+    path = work / "oracle" / "pool.extxyz"
+    if path.exists() and len(read_frames(path)) >= n:
+        return read_frames(path)[:n]
+    sys.path.insert(0, str(ROOT / "tests" / "data"))
+    import make_mil53_frames as maker  # the test set's own recipe
+
+    frames = maker.draw_frames(seed=maker.SEED + 7919)
+    level = Level.from_file(maker.LEVEL)
+    labeled = []
+    for i, frame in enumerate(frames):
+        result = single_point(frame, level, work / "oracle" / "labels" / f"{i:03d}", timeout=300)
+        if result.status == "done":
+            labeled.append(result.to_atoms(frame, level="xtb", generation=0, task_id=i))
+    # the pool in random order, so that the first N frames cover np, the path and lp
+    order = np.random.default_rng(0).permutation(len(labeled))
+    write_frames(path, [labeled[i] for i in order])
+    return read_frames(path)[:n]
+
+
+def _short(errors: dict[str, Any] | None) -> dict[str, Any] | None:
+    if errors is None:
+        return None
+    return {k: (round(errors[k], 2) if errors.get(k) is not None else None) for k in METRICS} | {
+        "n_frames": errors.get("n_frames")
+    }
+
+
+def at_budget(points: list[dict[str, Any]], budget: int) -> dict[str, Any] | None:
+    """The last point whose single points do not exceed ``budget``."""
+    within = [p for p in points if p["single_points"] <= budget]
+    return within[-1] if within else None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "learning-curve")
+    parser.add_argument("--budgets", default="36,72,150")
+    parser.add_argument("--methods", default="shared,independent,none,random,oracle")
+    parser.add_argument("--random-epochs", type=int, default=330)
+    parser.add_argument("--quick", action="store_true", help="tiny settings: checks the path")
+    args = parser.parse_args()
+    budgets = sorted(int(b) for b in args.budgets.split(","))
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    from hillwalker.engines.dataset import read_frames
+
+    bins = test_bins(work)
+    config = base_config(args.quick)
+    epochs = 6 if args.quick else args.random_epochs
+    curves: dict[str, list[dict[str, Any]]] = {}
+    seconds: dict[str, float] = {}
+    for method in methods:
+        started = time.perf_counter()
+        if method in WALKER_METHODS:
+            curves[method] = run_walker_method(work, method, config, max(budgets), bins)
+        elif method == "random":
+            curves[method] = run_random(work, config, budgets, epochs, bins)
+        elif method == "oracle":
+            curves[method] = run_oracle(work, config, budgets, epochs, bins)
+        else:
+            parser.error(f"unknown method {method!r}")
+        seconds[method] = round(time.perf_counter() - started, 1)
+    table = {str(b): {m: at_budget(points, b) for m, points in curves.items()} for b in budgets}
+    print(
+        json.dumps(
+            {
+                "benchmark": "learning_curve",
+                "test_set": str(TEST_SET),
+                "bins": {name: len(read_frames(p)) for name, p in bins.items()},
+                "quick": args.quick,
+                "budgets": budgets,
+                "table": table,
+                "curves": curves,
+                "seconds_this_run": seconds,
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
