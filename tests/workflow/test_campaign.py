@@ -121,8 +121,11 @@ def test_two_generations_end_to_end(tmp_path):
         assert len(new) == (4 if g == 0 else 2)
         assert all(f.info["generation"] == g for f in new)
         sizes.append(sum(f.info["status"] == "done" for f in new))
+    # every single point succeeds: walkers of 60 steps of 0.5 fs stay near the start, where xTB
+    # converges (a failed walker frame here means a walker or labeling bug, not chemistry)
+    assert sizes == [4, 2, 2], [f.info.get("failure") for f in read_frames(root / "failed.extxyz")]
     dataset = read_frames(root / "dataset.extxyz")
-    assert len(dataset) == sum(sizes) and sizes[1] + sizes[2] > 0
+    assert len(dataset) == sum(sizes)
     assert [f.info["generation"] for f in dataset] == sorted(f.info["generation"] for f in dataset)
 
     # the bias is kept: generation 2 goes on from generation 1's hills

@@ -195,7 +195,14 @@ def test_kill_at_every_stage_then_resume(tmp_path):
 
     # 4. during the training of generation 2
     proc = start(root, site, log)
-    kill_when(proc, lambda: epoch(root, 2) >= 1, "generation-2 training")
+    # (once its first checkpoint is saved: before it, a rerun starts afresh, by design)
+    model2 = root / "generations/002/model"
+    kill_when(
+        proc,
+        lambda: epoch(root, 2) >= 1 and (model2 / "train/last.ckpt").is_file(),
+        "generation-2 training",
+    )
+    first_epoch = json.loads((model2 / "progress.json").read_text())["history"][0]
     checkpoints.append((len(called_keys(calls)), set(records(root, "single_point"))))
 
     # 5. to the end
@@ -235,3 +242,16 @@ def test_kill_at_every_stage_then_resume(tmp_path):
         ).stdout
     )
     assert status["state"] == "finished" and status["generations_done"] == 3
+    _assert_training_resumed(model2, first_epoch)
+
+
+def _assert_training_resumed(model: Path, first_epoch: dict) -> None:
+    """The killed training went on from its checkpoint instead of starting over: Lightning says
+    it restored it, and epoch 1's entry is the one measured before the kill (its wall time
+    included: a restart would have run epoch 1 again and timed it anew)."""
+    assert "Continuing training with checkpoint" in (model / "train.log").read_text()
+    metrics = json.loads((model / "model.json").read_text())["metrics"]
+    assert metrics["resumed"] is True
+    assert metrics["history"][0] == first_epoch
+    epochs = [h["epoch"] for h in metrics["history"]]
+    assert epochs == list(range(1, CONFIG["training"]["warm_epochs"] + 1)), epochs
