@@ -23,11 +23,14 @@ def training_frames(paths: list[Path]) -> list[Atoms]:
         for i, atoms in enumerate(got):
             if atoms.info.get("status") == STATUS_FAILED:
                 continue  # failed single points never train a model
-            have = labels(atoms)
-            for key in ("energy", "forces"):
-                if key not in have:
-                    raise ModelError(f"{path}: frame {i} has no {key}: cannot train on it")
-            frames.append(atoms)
+            if "energy" not in labels(atoms):
+                raise ModelError(f"{path}: frame {i} has no energy: cannot train on it")
+            frames.append(atoms)  # without forces (an energy-only method): energy only
+    if frames and forces_mode(frames) == "none":
+        raise ModelError(
+            f"{', '.join(map(str, paths))}: no frame has forces (energy-only labels): "
+            "a force field needs some frames with forces"
+        )
     if not frames:
         raise ModelError(f"{', '.join(map(str, paths))}: no labeled frames (empty dataset)")
     if len(frames) < 2:
@@ -49,6 +52,38 @@ def stress_mode(frames: Sequence[Atoms]) -> str:
     if with_stress == len(frames):
         return "all"
     return "none" if with_stress == 0 else "some"
+
+
+def forces_mode(frames: Sequence[Atoms]) -> str:
+    """ "all", "none" or "some": how many of the frames carry forces (energy-only labels
+    from methods without gradients, e.g. CCSD(T), have none)."""
+    with_forces = sum("forces" in labels(f) for f in frames)
+    if with_forces == len(frames):
+        return "all"
+    return "none" if with_forces == 0 else "some"
+
+
+def with_nan_forces(atoms: Atoms) -> Atoms:
+    """The frame with NaN forces if it has none: the loss skips them (``losses.py``)."""
+    got = labels(atoms)
+    if "forces" in got:
+        return atoms
+    info = dict(atoms.info)
+    framed = label(atoms, got["energy"], np.full((len(atoms), 3), np.nan), got.get("stress"))
+    framed.info = info
+    return framed
+
+
+def forces_in_validation(train: list[Atoms], val: list[Atoms]) -> tuple[list[Atoms], list[Atoms]]:
+    """(train, val) with at least one validation frame with forces (swapped in from train), so
+    that the monitored validation force error is measured on something."""
+    if any(np.isfinite(labels(f)["forces"]).all() for f in val):
+        return train, val
+    for i, atoms in enumerate(train):
+        if np.isfinite(labels(atoms)["forces"]).all():
+            train, val = [*train[:i], val[0], *train[i + 1 :]], [atoms, *val[1:]]
+            break
+    return train, val
 
 
 def with_nan_stress(atoms: Atoms) -> Atoms:

@@ -36,10 +36,13 @@ from hillwalker.engines.nequip.callback import diverged_epoch
 from hillwalker.engines.nequip.commands import run_logged, tool
 from hillwalker.engines.nequip.data import (
     energy_shifts,
+    forces_in_validation,
+    forces_mode,
     species_of,
     split,
     stress_mode,
     training_frames,
+    with_nan_forces,
     with_nan_stress,
 )
 from hillwalker.engines.nequip.deploy import (
@@ -166,6 +169,8 @@ def _plan(
         # a warm start keeps the package's architecture (l_max, layers, features are unused);
         # its cutoff must also be the data's neighbour-list cutoff
         settings = dataclasses.replace(settings, r_max=package_r_max(package_from))
+    forces = forces_mode(frames)
+    frames = [with_nan_forces(f) for f in frames]  # energy-only labels: NaN, skipped by the loss
     mode = stress_mode(frames)
     if mode == "some":
         # nequip skips NaN stress labels when told to (ignore_nan), so frames without stress
@@ -173,6 +178,7 @@ def _plan(
         frames = [with_nan_stress(f) for f in frames]
     shifts = energy_shifts(frames, species, isolated, paths)
     train_frames, val_frames = split(frames, settings.validation_fraction, settings.seed)
+    train_frames, val_frames = forces_in_validation(train_frames, val_frames)
     device = resolve_device(device)  # imports torch: after the quick checks of the input
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -182,6 +188,8 @@ def _plan(
     overrides = _overrides(settings, out_dir, species, shifts, mode, package_from, device)
     if mode == "none":
         overrides += without_stress(read_template(template), template)
+    if forces == "some":
+        overrides = _skip_missing_overrides(overrides, read_template(template), mode)
     fingerprint = _fingerprint(out_dir, overrides, package_from, compile, device)
     return _Plan(
         out_dir=out_dir,
@@ -381,6 +389,40 @@ def _overrides(
             "~training_module.model",
             "+training_module.model={_target_:nequip.model.ModelFromPackage,"
             f"package_path:{hydra_str(str(package_from))}}}",
+        ]
+    return overrides
+
+
+def _skip_missing_overrides(
+    overrides: list[str], config: dict[str, Any], stress_mode: str
+) -> list[str]:
+    """``overrides`` with the loss and validation metrics wrapped by ``losses.skipping_missing``
+    (frames without forces, or stress, contribute nothing; a batch without any gives 0, not
+    NaN), and the data statistics by ``losses.statistics_skipping_missing``; the wrapped
+    target is the template's, or the one an override already chose."""
+    nan_fields = "[forces,stress]" if stress_mode == "some" else "[forces]"
+    stats = (config.get("data") or {}).get("stats_manager") or {}
+    overrides = [
+        *overrides,
+        "data.stats_manager._target_=hillwalker.engines.nequip.losses.statistics_skipping_missing",
+        f"++data.stats_manager.inner={stats.get('_target_', '')}",
+        f"++data.stats_manager.nan_fields={nan_fields}",
+    ]
+    module = config.get("training_module") or {}
+    for section in ("loss", "val_metrics"):
+        key = f"training_module.{section}._target_"
+        inner = str((module.get(section) or {}).get("_target_", ""))
+        for item in overrides:
+            if item.startswith(f"{key}="):
+                inner = item.split("=", 1)[1]
+        overrides = [
+            o for o in overrides
+            if not o.startswith((f"{key}=", f"++training_module.{section}.ignore_nan="))
+        ]  # fmt: skip
+        overrides += [
+            f"{key}=hillwalker.engines.nequip.losses.skipping_missing",
+            f"++training_module.{section}.inner={inner}",
+            f"++training_module.{section}.nan_fields={nan_fields}",
         ]
     return overrides
 
