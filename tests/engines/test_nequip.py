@@ -80,8 +80,10 @@ def test_compiled_model_and_package_agree(mil53_model, mil53_held_out_frames):
     assert abs(e1 - e2) <= 1e-4
     np.testing.assert_allclose(f1, f2, atol=1e-4)
     np.testing.assert_allclose(s1, s2, atol=1e-6)
-    # and the model is not trivially constant: it predicts forces of the right size
-    assert np.abs(f1).max() > 0.5
+    # and the model predicts this unseen frame's forces: RMSE against its xTB forces 0.26 eV/Å
+    # (2026-12), where zero forces score 1.75 eV/Å; limit ~2x the achieved, ~3x below zero
+    reference = labels(mil53_held_out_frames[0])["forces"]
+    assert np.sqrt(np.mean((f1 - reference) ** 2)) < 0.6
 
 
 @pytest.mark.slow
