@@ -25,7 +25,7 @@ import numpy as np
 from ase import Atoms
 
 from hillwalker.engines.dataset import STATUS_DONE, STATUS_FAILED, label
-from hillwalker.engines.files import atomic_write_json
+from hillwalker.engines.files import atomic_write_json, read_json
 from hillwalker.engines.geometry import DEFAULT_MIN_DISTANCE, geometry_problem
 
 __all__ = [
@@ -91,10 +91,36 @@ class SinglePointResult:
     level_digest: str = ""  # the level's settings hash
     code: str = ""  # which program computed it, e.g. "cp2k"
 
-    @property
-    def cp2k_seconds(self) -> float:
-        """The name of ``code_seconds`` when CP2K was the only code (kept for callers)."""
-        return self.code_seconds
+    @classmethod
+    def read(cls, workdir: str | os.PathLike[str]) -> SinglePointResult | None:
+        """The result a single point left in ``workdir`` (its ``RESULT_FILE``, written last
+        and atomically, so it is complete when it exists), or None."""
+        record = read_json(Path(workdir) / RESULT_FILE)
+        if record is None or record.get("status") not in (STATUS_DONE, STATUS_FAILED):
+            return None
+
+        def array(key: str) -> np.ndarray | None:
+            value = record.get(key)
+            return None if value is None else np.asarray(value, dtype=float)
+
+        return cls(
+            status=record["status"],
+            energy=record.get("energy_eV"),
+            forces=array("forces_eV_per_A"),
+            stress=array("stress_eV_per_A3"),
+            failure=record.get("failure"),
+            corrections=list(record.get("corrections") or []),
+            attempts=int(record.get("attempts") or 0),
+            code_seconds=float(record.get("code_seconds") or 0.0),
+            wall_seconds=float(record.get("wall_seconds") or 0.0),
+            workdir=Path(workdir),
+            message=record.get("message"),
+            scf_steps=record.get("scf_steps"),
+            process_seconds=float(record.get("process_seconds") or 0.0),
+            level=str(record.get("level") or ""),
+            level_digest=str(record.get("level_digest") or ""),
+            code=str(record.get("code") or ""),
+        )
 
     def to_atoms(self, atoms: Atoms, **provenance: Any) -> Atoms:
         """A labeled copy of ``atoms`` (failed: an unlabeled copy) with status, failure and

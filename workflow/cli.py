@@ -331,7 +331,7 @@ def label_command(
         raise fail(str(exc)) from None
     typer.echo(f"{output}: {summary.line()}")
     typer.echo(
-        f"  {summary.wall_seconds:.1f} s wall, {summary.cp2k_seconds:.1f} s in CP2K; "
+        f"  {summary.wall_seconds:.1f} s wall, {summary.code_seconds:.1f} s in the level's code; "
         f"task directories: {summary.work_dir}"
     )
 

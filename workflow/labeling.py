@@ -60,7 +60,7 @@ class LabelingSummary:
     done: int = 0
     failed: dict[str, int] = field(default_factory=dict)  # failure class → count
     reused: int = 0  # frames finished by an earlier run, not recomputed
-    cp2k_seconds: float = 0.0  # inside the reference code, all frames together
+    code_seconds: float = 0.0  # inside the reference code, all frames together
     wall_seconds: float = 0.0
 
     def line(self) -> str:
@@ -204,6 +204,6 @@ class _Batch:
             **{k: info[k] for k in ("generation", "walker") if k in info},
         }
         frame = result.to_atoms(self.frames[i], **provenance)
-        self.summary.cp2k_seconds += result.code_seconds
+        self.summary.code_seconds += result.code_seconds
         write_frames(self.work / self.keys[i] / FRAME_FILE, [frame])
         self.finished(i, frame)

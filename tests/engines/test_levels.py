@@ -84,4 +84,22 @@ def test_a_result_pickles_as_itself(tmp_path: Path) -> None:
     )  # fmt: skip
     again = pickle.loads(pickle.dumps(result))
     assert isinstance(again, SinglePointResult) and again.as_record() == result.as_record()
-    assert again.cp2k_seconds == again.code_seconds  # the older name still reads
+
+
+def test_a_result_on_disk_reads_back_as_itself(tmp_path: Path) -> None:
+    import numpy as np
+
+    from hillwalker.engines.files import atomic_write_json
+    from hillwalker.engines.levels import RESULT_FILE
+
+    result = SinglePointResult(
+        status="done", energy=-1.5, forces=np.arange(6.0).reshape(2, 3), stress=np.ones(6),
+        failure=None, corrections=[{"name": "more_scf_steps"}], attempts=2, code_seconds=0.5,
+        wall_seconds=1.0, workdir=tmp_path, level="xtb", level_digest="abc", code="cp2k",
+    )  # fmt: skip
+    assert SinglePointResult.read(tmp_path) is None  # nothing written yet
+    atomic_write_json(tmp_path / RESULT_FILE, result.as_record())
+    again = SinglePointResult.read(tmp_path)
+    assert again is not None and again.as_record() == result.as_record()
+    (tmp_path / RESULT_FILE).write_text('{"status": "done", "energy_eV"')  # cut short
+    assert SinglePointResult.read(tmp_path) is None

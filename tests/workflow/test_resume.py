@@ -63,7 +63,19 @@ def make(root: Path, calls: Path) -> tuple[Path, Path]:
     new_from_template(root, "mil53-al")
     (root / "campaign.yaml").write_text(yaml.safe_dump(CONFIG))
     wrapper = root.parent / f"{root.name}-cp2k"
-    wrapper.write_text(f'#!/bin/sh\necho "$PWD" >> {calls}\nexec cp2k.psmp "$@"\n')
+    # Armed (a file `<root>-armed` holding the run's process group), the third CP2K call leaves
+    # a watcher behind that SIGKILLs the run the moment the single point's result file appears:
+    # CP2K has exited and the engine has written its result, but the run has not recorded it.
+    armed = root.parent / f"{root.name}-armed"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'echo "$PWD" >> {calls}\n'
+        f'if [ "$(wc -l < {calls})" -ge 3 ] && mv {armed} {armed}.taken 2>/dev/null; then\n'
+        f'  (while [ ! -f "$PWD/result.json" ]; do sleep 0.002; done; '
+        f'kill -9 -"$(cat {armed}.taken)") &\n'
+        "fi\n"
+        'exec cp2k.psmp "$@"\n'
+    )
     wrapper.chmod(0o755)
     site = root.parent / f"{root.name}-site.yaml"
     site.write_text(
@@ -170,20 +182,31 @@ def test_kill_at_every_stage_then_resume(tmp_path):
     site, calls = make(root, tmp_path / "calls.txt")
     log = tmp_path / "killed.log"
 
-    # 1. during generation-0 labeling, some single points done
+    # 1. during generation-0 labeling, right after the third single point's CP2K run exited and
+    # its result was written, before the run recorded it (the wrapper's watcher kills the run)
     proc = start(root, site, log)
-    kill_when(proc, lambda: 1 <= len(records(root, "single_point")) < 6, "gen-0 labeling")
+    (tmp_path / "killed-armed").write_text(str(proc.pid))  # its own process group
+    assert proc.wait(timeout=900) == -signal.SIGKILL
     done_at_kill = set(records(root, "single_point"))
     calls_at_kill = len(called_keys(calls))
-    checkpoints = [(calls_at_kill, done_at_kill)]
+    assert 1 <= len(done_at_kill) < 6 and calls_at_kill >= 3
+    unrecorded = {
+        p.parent.name
+        for p in (root / ".hillwalker/tasks/single_point").glob("*/result.json")
+        if p.parent.name not in done_at_kill and json.loads(p.read_text())["status"] == "done"
+    }
+    assert called_keys(calls)[2] in unrecorded  # finished, result on disk, no record
+    checkpoints = [(calls_at_kill, done_at_kill | unrecorded)]
 
     # 2. during the walker's MD of generation 1
     proc = start(root, site, log)
     kill_when(proc, lambda: walker_step(root, 1) >= 10, "generation-1 MD")
     gen0 = {k for k, r in records(root, "single_point").items() if r.get("generation") == 0}
     redone = called_keys(calls)[calls_at_kill:]
-    # exactly the unfinished single points ran again, none of the finished ones
-    assert sorted(redone) == sorted(gen0 - done_at_kill)
+    # exactly the unfinished single points ran again, none of the finished ones: a result
+    # complete on disk but not recorded at the kill was adopted, not recomputed
+    assert sorted(redone) == sorted(gen0 - done_at_kill - unrecorded)
+    assert unrecorded <= gen0
     hills_mid_md = len(read_hills(root / "bias"))
     checkpoints.append((len(called_keys(calls)), set(records(root, "single_point"))))
 
