@@ -1,9 +1,8 @@
 """What ``validate`` (and so every ``run``) checks so that a campaign stays inside its directory.
 
-A campaign directory is self-contained: its inputs are digested for change detection and move
-with it, and everything it writes lands in it. campaign.yaml is data (see docs/security.md): a
-material path that leaves the directory is refused, naming the file and the key, before any
-file is read. A directory, campaign.yaml or lock that other users can write to is warned about:
+Everything a campaign writes lands in its directory (paths come from ``state.CampaignDir``, never
+from a user string). campaign.yaml is data (see docs/security.md): a material file outside the
+directory is an input only, and is warned about (the directory is then not self-contained). A directory, campaign.yaml or lock that other users can write to is warned about:
 they could change what the next run computes or trains on.
 """
 
@@ -36,20 +35,22 @@ def _leaves(value: str, root: Path) -> bool:
     return False
 
 
-def material_inside(root: Path, material: dict[str, str], problems: list[str]) -> dict[str, str]:
-    """``material`` without the paths that leave the campaign directory (each one a problem)."""
+def material_outside(root: Path, material: dict[str, str]) -> list[str]:
+    """One warning per material file outside the campaign directory.
+
+    Such a file is an input (read, digested for change detection, never written), so it is not
+    refused: the main job shares the template's files this way. But the directory is then not
+    self-contained — moving or sharing it alone breaks it — and a change to the outside file is
+    only caught by the digest at the next run.
+    """
     root = Path(root).resolve()
-    kept = {}
-    for key, value in material.items():
-        if _leaves(value, root):
-            problems.append(
-                f"{root / CAMPAIGN_FILE}: material.{key}: {value!r} is outside the campaign "
-                "directory (an absolute path, '..' or '~'): copy the file into the directory "
-                "and give its path relative to it"
-            )
-        else:
-            kept[key] = value
-    return kept
+    return [
+        f"{root / CAMPAIGN_FILE}: material.{key}: {value!r} is outside the campaign directory "
+        "(an absolute path, '..' or '~'): the campaign reads it but is not self-contained; copy "
+        "the file into the directory to share or move the campaign"
+        for key, value in material.items()
+        if _leaves(value, root)
+    ]
 
 
 def _writable_by_others(path: Path) -> str | None:

@@ -37,7 +37,7 @@ from hillwalker.config import (
     read_yaml,
     validation_problems,
 )
-from hillwalker.security import material_inside, permission_warnings
+from hillwalker.security import material_outside, permission_warnings
 from hillwalker.validate_nequip import check_nequip
 
 # Actions whose ``.bias`` is an energy; their other components (force2, work…) are not shown.
@@ -111,7 +111,7 @@ def validate_campaign(directory: str | Path, site: str | Path | None = None) -> 
         return report
 
     campaign, material = _check_campaign(root, report)
-    material = material_inside(root, material, report.problems)  # before any file is read
+    report.warnings.extend(material_outside(root, material))
     report.warnings.extend(permission_warnings(root))
     atoms = None
     if material.get("structure"):
