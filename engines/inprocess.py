@@ -15,6 +15,7 @@ as data in ``corrections``) while the timeout leaves time.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -24,10 +25,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from ase import Atoms
@@ -37,6 +38,7 @@ from hillwalker.engines.levels import (
     ResultBook,
     RunOptions,
     SinglePointResult,
+    free_atom_energies,
     fresh_workdir,
     refusal,
 )
@@ -112,6 +114,49 @@ class ChildLevel(Protocol):
     def run_settings(self) -> dict[str, Any]: ...  # what the child's compute function gets
 
 
+class ChildProcessLevel:
+    """What every level computed in a child process shares (tblite, PySCF): the single point,
+    free-atom energies and the free atom's own level. A subclass is a frozen dataclass with a
+    ``settings`` pydantic model holding ``charge`` and ``multiplicity``."""
+
+    #: ``"module:function"`` the child calls with the frame and the level's run settings
+    compute: ClassVar[str]
+    #: the SCF retry ladder, as data
+    ladder: ClassVar[tuple[Rung, ...]]
+    settings: Any
+
+    def digest(self) -> str:
+        raise NotImplementedError
+
+    def single_point(self, atoms: Atoms, workdir: Path, options: RunOptions) -> SinglePointResult:
+        level: ChildLevel = self  # type: ignore[assignment]  # every subclass is one
+        return single_point(
+            atoms, level, workdir, options, compute=self.compute, ladder=self.ladder
+        )
+
+    def isolated_atom_energies(
+        self,
+        elements: Iterable[str],
+        cache_dir: str | os.PathLike[str],
+        options: RunOptions | None = None,
+    ) -> dict[str, float]:
+        """Free-atom energies (eV) per element, cached in ``cache_dir`` by this level's digest."""
+        return isolated_atom_energies(
+            self.digest(),
+            self.free_atom,
+            elements,
+            cache_dir,
+            options or RunOptions(),
+            compute=self.compute,
+            ladder=self.ladder,
+        )
+
+    def free_atom(self, multiplicity: int) -> Any:
+        """This level for a neutral free atom of the given spin multiplicity."""
+        free = self.settings.model_copy(update={"multiplicity": multiplicity, "charge": 0})
+        return dataclasses.replace(self, settings=free)  # type: ignore[type-var]
+
+
 def single_point(
     atoms: Atoms,
     level: ChildLevel,
@@ -166,32 +211,15 @@ def isolated_atom_energies(
     compute: str,
     ladder: Sequence[Rung],
 ) -> dict[str, float]:
-    """Energy (eV) of each element as a free atom, in its ground-state spin
-    (``free_atom_level(multiplicity)`` is the level for it), cached per level digest in
-    ``cache_dir/isolated_atoms_<digest>.json`` (``digest``: the level's own); RuntimeError naming
-    the element if one fails."""
-    from hillwalker.engines.cp2k.level import GROUND_STATE_MULTIPLICITY
-    from hillwalker.engines.files import atomic_write_json, read_json
+    """Free-atom energies (eV) of a child-process level (``free_atom_level(multiplicity)`` is
+    the level for a neutral atom of that spin), cached by ``digest``."""
 
-    cache = Path(cache_dir)
-    cache_file = cache / f"isolated_atoms_{digest}.json"
-    known: dict[str, float] = dict(read_json(cache_file) or {})
-    for symbol in sorted(set(elements)):
-        if symbol in known:
-            continue
+    def label(symbol: str, multiplicity: int, workdir: Path) -> SinglePointResult:
         atom = Atoms(symbol, pbc=False)
-        parity = 1 + atom.numbers[0] % 2  # 1 for an even number of electrons, else 2
-        level = free_atom_level(GROUND_STATE_MULTIPLICITY.get(symbol, parity))
-        work = cache / f"atom_{digest}_{symbol}"
-        result = single_point(atom, level, work, options, compute=compute, ladder=ladder)
-        if result.status != "done" or result.energy is None:
-            raise RuntimeError(
-                f"isolated {symbol} atom at level {level.name} failed: "
-                f"{result.failure}: {result.message}"
-            )
-        known[symbol] = result.energy
-        atomic_write_json(cache_file, known)
-    return {s: known[s] for s in sorted(set(elements))}
+        level = free_atom_level(multiplicity)
+        return single_point(atom, level, workdir, options, compute=compute, ladder=ladder)
+
+    return free_atom_energies(digest, free_atom_level(1).name, elements, cache_dir, label)
 
 
 def settings_digest(code: str, settings: dict[str, Any]) -> str:

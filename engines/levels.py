@@ -16,7 +16,7 @@ import importlib
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -305,3 +305,43 @@ class ResultBook:
         )
         atomic_write_json(self.workdir / RESULT_FILE, result.as_record())
         return result
+
+
+# Ground-state spin multiplicities (2S+1) of free atoms (Hund's rules).
+GROUND_STATE_MULTIPLICITY = {
+    "H": 2, "He": 1, "Li": 2, "Be": 1, "B": 2, "C": 3, "N": 4, "O": 3, "F": 2, "Ne": 1,
+    "Na": 2, "Mg": 1, "Al": 2, "Si": 3, "P": 4, "S": 3, "Cl": 2, "Ar": 1, "K": 2, "Ca": 1,
+    "Sc": 2, "Ti": 3, "V": 4, "Cr": 7, "Mn": 6, "Fe": 5, "Co": 4, "Ni": 3, "Cu": 2, "Zn": 1,
+    "Ga": 2, "Ge": 3, "As": 4, "Se": 3, "Br": 2, "Kr": 1, "Zr": 3, "Ag": 2, "Cd": 1,
+}  # fmt: skip
+
+
+def free_atom_energies(
+    digest: str,
+    name: str,
+    elements: Iterable[str],
+    cache_dir: str | os.PathLike[str],
+    label: Callable[[str, int, Path], SinglePointResult],
+) -> dict[str, float]:
+    """Energy (eV) of each element as a free, neutral atom in its ground-state spin, at the level
+    whose settings hash is ``digest``: ``label(symbol, multiplicity, workdir)`` computes one.
+
+    Cached in ``cache_dir/isolated_atoms_<digest>.json``, so each level computes each element
+    once. :class:`RuntimeError` naming the element and the level if one fails.
+    """
+    cache = Path(cache_dir)
+    cache_file = cache / f"isolated_atoms_{digest}.json"
+    known: dict[str, float] = dict(read_json(cache_file) or {})
+    for symbol in sorted(set(elements)):
+        if symbol in known:
+            continue
+        parity = 1 + Atoms(symbol).numbers[0] % 2  # 1 for an even number of electrons, else 2
+        multiplicity = GROUND_STATE_MULTIPLICITY.get(symbol, parity)
+        result = label(symbol, multiplicity, cache / f"atom_{digest}_{symbol}")
+        if result.status != STATUS_DONE or result.energy is None:
+            raise RuntimeError(
+                f"isolated {symbol} atom at level {name} failed: {result.failure}: {result.message}"
+            )
+        known[symbol] = result.energy
+        atomic_write_json(cache_file, known)
+    return {s: known[s] for s in sorted(set(elements))}

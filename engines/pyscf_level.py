@@ -20,10 +20,9 @@ second-order SCF).
 from __future__ import annotations
 
 import functools
-import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -31,11 +30,15 @@ import numpy as np
 from ase import Atoms, units
 from pydantic import Field, field_validator
 
-from hillwalker.engines.inprocess import Labels, Rung, ScfNotConverged, settings_digest
-from hillwalker.engines.inprocess import isolated_atom_energies as _isolated
-from hillwalker.engines.inprocess import single_point as _single_point
+from hillwalker.engines.inprocess import (
+    ChildProcessLevel,
+    Labels,
+    Rung,
+    ScfNotConverged,
+    settings_digest,
+)
 from hillwalker.engines.level_files import LevelSettings, check_spin, parse_settings, require
-from hillwalker.engines.levels import LevelError, RunOptions, SinglePointResult
+from hillwalker.engines.levels import LevelError
 
 #: wavefunction methods; anything else must be a DFT functional libxc knows
 WAVEFUNCTION_METHODS = ("hf", "mp2", "ccsd", "ccsd(t)", "fci")
@@ -86,9 +89,11 @@ class PyscfSettings(LevelSettings):
 
 
 @dataclass(frozen=True)
-class PyscfLevel:
+class PyscfLevel(ChildProcessLevel):
     """A molecular level computed by PySCF."""
 
+    compute: ClassVar[str] = _COMPUTE
+    ladder: ClassVar[tuple[Rung, ...]] = LADDER
     code: ClassVar[str] = "pyscf"
 
     name: str
@@ -124,30 +129,6 @@ class PyscfLevel:
                 f"(pbc={atoms.pbc.tolist()}): use a tblite or CP2K level"
             )
         check_spin(self.path, atoms, self.settings.charge, self.settings.multiplicity)
-
-    def single_point(self, atoms: Atoms, workdir: Path, options: RunOptions) -> SinglePointResult:
-        return _single_point(atoms, self, workdir, options, compute=_COMPUTE, ladder=LADDER)
-
-    def isolated_atom_energies(
-        self,
-        elements: Iterable[str],
-        cache_dir: str | os.PathLike[str],
-        options: RunOptions | None = None,
-    ) -> dict[str, float]:
-        """Free-atom energies (eV) per element, cached in ``cache_dir`` by this level's digest."""
-        return _isolated(
-            self.digest(),
-            self._free_atom,
-            elements,
-            cache_dir,
-            options or RunOptions(),
-            compute=_COMPUTE,
-            ladder=LADDER,
-        )
-
-    def _free_atom(self, multiplicity: int) -> PyscfLevel:
-        free = self.settings.model_copy(update={"multiplicity": multiplicity, "charge": 0})
-        return replace(self, settings=free)
 
 
 def from_settings(path: Path, data: dict[str, Any]) -> PyscfLevel:

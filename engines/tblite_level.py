@@ -23,9 +23,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -35,15 +34,14 @@ from ase.data import chemical_symbols
 from pydantic import Field, field_validator
 
 from hillwalker.engines.inprocess import (
+    ChildProcessLevel,
     Labels,
     Rung,
     ScfNotConverged,
     settings_digest,
 )
-from hillwalker.engines.inprocess import isolated_atom_energies as _isolated
-from hillwalker.engines.inprocess import single_point as _single_point
 from hillwalker.engines.level_files import LevelSettings, check_spin, parse_settings, require
-from hillwalker.engines.levels import LevelError, RunOptions, SinglePointResult
+from hillwalker.engines.levels import LevelError
 
 METHODS = ("GFN1-xTB", "GFN2-xTB")
 #: both parametrisations cover H to Rn
@@ -84,9 +82,11 @@ class TbliteSettings(LevelSettings):
 
 
 @dataclass(frozen=True)
-class TbliteLevel:
+class TbliteLevel(ChildProcessLevel):
     """A GFN-xTB level computed by tblite."""
 
+    compute: ClassVar[str] = _COMPUTE
+    ladder: ClassVar[tuple[Rung, ...]] = LADDER
     code: ClassVar[str] = "tblite"
 
     name: str
@@ -116,26 +116,6 @@ class TbliteLevel:
             )
         check_spin(self.path, atoms, self.settings.charge, self.settings.multiplicity)
 
-    def single_point(self, atoms: Atoms, workdir: Path, options: RunOptions) -> SinglePointResult:
-        return _single_point(atoms, self, workdir, options, compute=_COMPUTE, ladder=LADDER)
-
-    def isolated_atom_energies(
-        self,
-        elements: Iterable[str],
-        cache_dir: str | os.PathLike[str],
-        options: RunOptions | None = None,
-    ) -> dict[str, float]:
-        """Free-atom energies (eV) per element, cached in ``cache_dir`` by this level's digest."""
-        return _isolated(
-            self.digest(),
-            self._free_atom,
-            elements,
-            cache_dir,
-            options or RunOptions(),
-            compute=_COMPUTE,
-            ladder=LADDER,
-        )
-
     def calculator(self, cores: int | None = None) -> Any:
         """An ASE calculator at this level (energy, forces, stress) for MD in this process;
         ``cores``: OpenMP threads during each call (None: the process's setting)."""
@@ -147,10 +127,6 @@ class TbliteLevel:
                     super().calculate(*args, **kwargs)
 
         return _Calculator(**_calculator_parameters(self.run_settings()))
-
-    def _free_atom(self, multiplicity: int) -> TbliteLevel:
-        free = self.settings.model_copy(update={"multiplicity": multiplicity, "charge": 0})
-        return replace(self, settings=free)
 
 
 def from_settings(path: Path, data: dict[str, Any]) -> TbliteLevel:

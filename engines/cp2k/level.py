@@ -32,8 +32,12 @@ from hillwalker.engines.cp2k.tree import (
     remove_path,
     set_path,
 )
-from hillwalker.engines.files import atomic_write_json
-from hillwalker.engines.levels import LevelError, RunOptions, SinglePointResult
+from hillwalker.engines.levels import (
+    LevelError,
+    RunOptions,
+    SinglePointResult,
+    free_atom_energies,
+)
 
 if TYPE_CHECKING:
     from hillwalker.engines.levels import ReferenceLevel
@@ -203,38 +207,13 @@ def isolated_atom_energies(
     Cached in ``cache_dir/isolated_atoms_<digest>.json`` so each level computes each element once.
     Raises :class:`RuntimeError` naming the element and workdir if one fails.
     """
-    cache = Path(cache_dir)
-    cache_file = cache / f"isolated_atoms_{level.digest()}.json"
-    known: dict[str, float] = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
-    for symbol in sorted(set(elements)):
-        if symbol in known:
-            continue
+
+    def label(symbol: str, multiplicity: int, workdir: Path) -> SinglePointResult:
         atom = Atoms(symbol, positions=[[box / 2] * 3], cell=[box] * 3, pbc=False)
-        spin_level = isolated_atom_level(level, GROUND_STATE_MULTIPLICITY.get(symbol, 1))
-        result = single_point(
-            atom,
-            spin_level,
-            cache / f"atom_{level.digest()}_{symbol}",
-            command=command,
-            omp_threads=omp_threads,
-        )
-        if result.status != "done" or result.energy is None:
-            raise RuntimeError(
-                f"isolated {symbol} atom at level {level.name} failed: "
-                f"{result.failure}: {result.message}"
-            )
-        known[symbol] = result.energy
-        atomic_write_json(cache_file, known)
-    return {s: known[s] for s in sorted(set(elements))}
+        spin_level = isolated_atom_level(level, multiplicity)
+        return single_point(atom, spin_level, workdir, command=command, omp_threads=omp_threads)
 
-
-# Ground-state spin multiplicities (2S+1) of free atoms (Hund's rules).
-GROUND_STATE_MULTIPLICITY = {
-    "H": 2, "He": 1, "Li": 2, "Be": 1, "B": 2, "C": 3, "N": 4, "O": 3, "F": 2, "Ne": 1,
-    "Na": 2, "Mg": 1, "Al": 2, "Si": 3, "P": 4, "S": 3, "Cl": 2, "Ar": 1, "K": 2, "Ca": 1,
-    "Sc": 2, "Ti": 3, "V": 4, "Cr": 7, "Mn": 6, "Fe": 5, "Co": 4, "Ni": 3, "Cu": 2, "Zn": 1,
-    "Ga": 2, "Ge": 3, "As": 4, "Se": 3, "Br": 2, "Kr": 1, "Zr": 3, "Ag": 2, "Cd": 1,
-}  # fmt: skip
+    return free_atom_energies(level.digest(), level.name, elements, cache_dir, label)
 
 
 def isolated_atom_level(level: Level, multiplicity: int) -> Level:
