@@ -30,11 +30,12 @@ from hillwalker.engines.dataset import (
     STATUS_BLOWN_UP,
     STATUS_DONE,
     STATUS_FAILED,
+    DatasetError,
     read_frames,
     write_frames,
 )
 from hillwalker.engines.files import atomic_write_json, file_digest, read_json
-from hillwalker.state import CampaignDir, frame_digest, task_key
+from hillwalker.state import CampaignDir, StateError, frame_digest, task_key
 from hillwalker.timings import GenerationClock
 
 if TYPE_CHECKING:
@@ -107,7 +108,8 @@ class CampaignRun:
         self.ex = execution
         models = [self.generation_zero()]
         for g in range(1, self.cfg.stop.generations + 1):
-            reason = self.stop_reason(g - 1, models[-1])
+            # a generation already trained is replayed: a stop rule added since applies after it
+            reason = None if self._trained(g) else self.stop_reason(g - 1, models[-1])
             if reason:
                 log.info("stopping before generation %d: %s", g, reason)
                 self._report(stop_reason=reason)
@@ -155,6 +157,12 @@ class CampaignRun:
             snapshot_hills(self.dir.bias, self.dir.generation(g) / "hills")
         return self._train(g, previous=model)
 
+    def _trained(self, g: int) -> bool:
+        return any(
+            r.get("generation") == g and r["status"] == STATUS_DONE
+            for r in self.dir.records("train")
+        )
+
     def stop_reason(self, g: int, model: TrainedModel) -> str | None:
         """Why the campaign stops after generation ``g``, or None to go on."""
         stop = self.cfg.stop
@@ -193,7 +201,7 @@ class CampaignRun:
         record = self.dir.record("single_point", key)
         if record is not None:
             self.progress.skipped += 1
-            return read_frames(self.dir.root / record["result"])[-1]
+            return self._recorded_label(key, record)
         provenance = {
             "generation": generation,
             "walker": walker,
@@ -219,6 +227,17 @@ class CampaignRun:
         self._label_keys[fut] = key
         fut.add_done_callback(lambda f, key=key: self._save_label(key, f))
         return fut
+
+    def _recorded_label(self, key: str, record: dict[str, Any]) -> Atoms:
+        """The labeled frame a finished single point's record points at."""
+        result = self.dir.root / record["result"]
+        try:
+            return read_frames(result)[-1]
+        except (DatasetError, IndexError) as exc:
+            raise StateError(
+                f"{self.dir.record_path('single_point', key)}: its result {result} is missing or "
+                f"unreadable ({exc}). Delete the record and run again: that single point is redone."
+            ) from None
 
     def _adopt_label(self, key: str) -> Atoms | None:
         """A labeled frame from a finished single point that a killed run did not record.

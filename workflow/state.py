@@ -166,13 +166,13 @@ class CampaignDir:
     def task_dir(self, kind: str, key: str) -> Path:
         return self.state / "tasks" / kind / key
 
-    def _record_path(self, kind: str, key: str) -> Path:
+    def record_path(self, kind: str, key: str) -> Path:
         return self.state / "tasks" / kind / f"{key}.json"
 
     # -- records -------------------------------------------------------------------------------
     def record(self, kind: str, key: str) -> dict[str, Any] | None:
         """The record of a task, or None if it never finished."""
-        path = self._record_path(kind, key)
+        path = self.record_path(kind, key)
         try:
             text = path.read_text()
         except FileNotFoundError:
@@ -189,7 +189,7 @@ class CampaignDir:
         return data
 
     def save_record(self, kind: str, key: str, data: dict[str, Any]) -> None:
-        atomic_write_json(self._record_path(kind, key), {"key": key, "kind": kind, **data})
+        atomic_write_json(self.record_path(kind, key), {"key": key, "kind": kind, **data})
 
     def records(self, kind: str) -> list[dict[str, Any]]:
         folder = self.state / "tasks" / kind

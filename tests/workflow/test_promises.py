@@ -276,14 +276,6 @@ def test_target_force_rmse_on_validation_stops_before_the_next_generation(scenar
     assert seen["records_after_stops"] == seen["spent"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs campaign.py: a stop rule is evaluated again while finished generations are "
-    "replayed, so a budget or target added later stops *before* generation 1 and _collect(0) "
-    "rewrites dataset.extxyz with generation 0's frames only (model 1 exists, its frames are "
-    "gone from the dataset). Fix: in run(), skip stop_reason for a generation g whose training "
-    "record exists (replay it), or have _collect read every generations/NNN/labeled.extxyz",
-)
 def test_a_stop_rule_added_later_keeps_the_finished_generations_in_the_dataset(scenario) -> None:
     _, seen = scenario
     assert seen["dataset_after_stops"] == seen["spent"]  # all 4 single points were done
@@ -310,12 +302,6 @@ def test_bias_none_deposits_no_hills(scenario) -> None:
 
 
 # --- corrupted files, on copies of the campaign after step 2 ---------------------------------
-
-NEEDS_RESULT_CHECK = (
-    "needs campaign.py: CampaignRun._label reads read_frames(record['result']) unguarded; catch "
-    "(OSError, ValueError, IndexError) there and raise StateError naming the record, the result "
-    "file and the way out (delete the record and run again: that single point is redone)"
-)
 
 
 def _copy(scenario, tmp_path: Path) -> Path:
@@ -360,7 +346,6 @@ def test_a_truncated_dataset_or_labeled_file_is_rebuilt_from_the_records(
     assert records(root, "single_point") == sp_records
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_RESULT_CHECK)
 @pytest.mark.parametrize("damage", ["missing", "truncated"])
 def test_a_record_whose_result_is_missing_or_truncated_is_named_with_the_way_out(
     scenario, tmp_path: Path, damage: str
