@@ -38,7 +38,7 @@ from hillwalker.engines.plumed import KJ_PER_MOL, bias_from_hills, read_hills
 
 HILLWALKER = str(Path(sys.executable).parent / "hillwalker")
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.timeout(2400)]
 
 #: 2 gen-0 frames, 2 walkers x 60 steps of 0.5 fs (the template's PACE=50: one hill each)
 SCENARIO: dict[str, dict[str, Any]] = {
