@@ -23,6 +23,7 @@ import yaml
 from hillwalker.engines.dataset import labels, read_frames
 from hillwalker.engines.plumed import read_hills
 from hillwalker.material_templates import new_from_template
+from hillwalker.state import reap_orphans
 
 HILLWALKER = str(Path(sys.executable).parent / "hillwalker")
 
@@ -166,6 +167,7 @@ def trained(root: Path, g: int) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # out of CI until rerun: the adoption kill (stage 1) is new, see the #21 note
 def test_kill_at_every_stage_then_resume(tmp_path):
     # the reference: the same campaign, never interrupted
     ref = tmp_path / "ref"
@@ -187,6 +189,9 @@ def test_kill_at_every_stage_then_resume(tmp_path):
     proc = start(root, site, log)
     (tmp_path / "killed-armed").write_text(str(proc.pid))  # its own process group
     assert proc.wait(timeout=900) == -signal.SIGKILL
+    # the killed run's workers are orphans that may still finish or start a single point: stop
+    # them as the next run would, so the counts below are the killed run's and nothing else's
+    reap_orphans(root)
     done_at_kill = set(records(root, "single_point"))
     calls_at_kill = len(called_keys(calls))
     assert 1 <= len(done_at_kill) < 6 and calls_at_kill >= 3
