@@ -74,6 +74,7 @@ def open_segment(
     path = record_path(bias_dir, walker)
     # the step counter never goes back, not even on a reset to an older structure
     start_step = max(start_step, recorded_step(path, generation))
+    check_intact(path, own_hills, generation)
     rolled = roll_back_unfinished(path, own_hills, generation)
     hills_at_start = count_hills(own_hills)
     atomic_write_json(
@@ -148,6 +149,31 @@ def recorded_step(record_path: Path, generation: int) -> int:
         return int(record["start_step"] if redo else record.get("end_step", record["start_step"]))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise WalkerError(f"{record_path}: unreadable segment record ({exc})") from exc
+
+
+def check_intact(record_path: Path, own_hills: Path, generation: int) -> None:
+    """A finished segment's hills file must still hold every hill it had when that segment
+    ended: a file cut short since (a full disk, a bad copy, an edit) would silently lose bias."""
+    if not record_path.is_file():
+        return
+    try:
+        record = json.loads(record_path.read_text())
+        done_elsewhere = record["status"] == "done" and int(record["generation"]) != generation
+        expected = int(record["hills"]) + int(record.get("hills_added", 0))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise WalkerError(f"{record_path}: unreadable segment record ({exc})") from exc
+    if not done_elsewhere:
+        return  # a killed or re-run segment: roll_back_unfinished checks and cuts
+    data = own_hills.read_bytes() if own_hills.is_file() else b""
+    found = count_hills_in_bytes(data)
+    if found != expected or (data and not data.endswith(b"\n")):
+        raise WalkerError(
+            f"{own_hills}: holds {found} complete hills, but its last segment "
+            f"(generation {record['generation']}, {record_path}) ended with {expected}: the file "
+            "was cut or changed since; restore the bias directory from a snapshot taken before "
+            "(a campaign keeps one per generation: generations/NNN/hills, restored with "
+            "hillwalker.engines.plumed.restore_hills) and run again"
+        )
 
 
 def roll_back_unfinished(record_path: Path, own_hills: Path, generation: int) -> int:
