@@ -182,7 +182,15 @@ class CampaignRun:
         if stop.coverage_generations is not None:
             from hillwalker.coverage import coverage_stalled
 
-            return coverage_stalled(self.dir, g, stop.coverage_generations, stop.coverage_tolerance)
+            stalled = coverage_stalled(
+                self.dir, g, stop.coverage_generations, stop.coverage_tolerance
+            )
+            if stalled:
+                return stalled
+        if stop.fes_change_kj_per_mol is not None:
+            from hillwalker.coverage import fes_settled
+
+            return fes_settled(self.dir, g, stop.fes_change_kj_per_mol)
         return None
 
     # ---- labeling ----------------------------------------------------------------------------

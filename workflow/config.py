@@ -146,6 +146,13 @@ class Stop(_Model):
         ge=0,
         description="Growth of the visited CV range below this fraction of it counts as none.",
     )
+    fes_change_kj_per_mol: float | None = Field(
+        None,
+        gt=0,
+        description="Stop once the free-energy surface from the shared bias changed by at most "
+        "this between two generations, kJ/mol (the largest change over the visited CV range, "
+        "each surface shifted to a minimum of 0; 1 or 2 CVs; needs walkers.bias shared).",
+    )
 
 
 class Evaluation(_Model):
@@ -187,6 +194,15 @@ class Campaign(_Model):
     seed: int = Field(
         0, ge=0, description="Seed of every random choice (perturbations, MD, training)."
     )
+
+    @model_validator(mode="after")
+    def _fes_rule_has_a_shared_bias(self) -> Campaign:
+        if self.stop.fes_change_kj_per_mol is not None and self.walkers.bias != "shared":
+            raise ValueError(
+                "stop.fes_change_kj_per_mol: needs walkers.bias: shared (the surface is the "
+                f"walkers' common bias; walkers.bias is {self.walkers.bias})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _target_set_exists(self) -> Campaign:

@@ -1,9 +1,16 @@
-"""Which collective-variable values the walkers have visited, from their COLVAR traces."""
+"""Which collective-variable values the walkers have visited (their COLVAR traces), and
+whether the free-energy surface of the shared bias has settled (the generations' hills)."""
 
 from __future__ import annotations
 
-from hillwalker.engines.plumed import colvar_rows
+import numpy as np
+
+from hillwalker import fes
+from hillwalker.engines.plumed import HillsError, colvar_rows, read_hills
 from hillwalker.state import CampaignDir
+
+#: grid points per CV where two generations' surfaces are compared (1 CV; 2 CVs: 41 x 41)
+FES_POINTS = {1: 201, 2: 41}
 
 
 def cv_ranges(cdir: CampaignDir, up_to: int | None = None) -> dict[str, list[float]]:
@@ -48,4 +55,40 @@ def coverage_stalled(
     return (
         f"CV coverage has not grown in {generations} generation(s) "
         f"(range growth since generation {before_g}: {shown})"
+    )
+
+
+def fes_change(cdir: CampaignDir, generation: int) -> float | None:
+    """Largest change (kJ/mol) of the free-energy surface between the hills snapshots of
+    ``generation`` − 1 and ``generation``, over the CV range the walkers visited up to
+    ``generation``, each surface shifted to a minimum of 0. None when it cannot be measured
+    (fewer than two snapshots, no hills, other CVs, more than 2 CVs, an empty range)."""
+    if generation < 2:  # generation 0 has no walkers, generation 1 the first snapshot
+        return None
+    try:
+        now = read_hills(cdir.generation(generation) / "hills")
+        before = read_hills(cdir.generation(generation - 1) / "hills")
+    except HillsError:
+        return None
+    names = now.cv_names
+    if not len(now) or not len(before) or before.cv_names != names or len(names) not in FES_POINTS:
+        return None
+    visited = cv_ranges(cdir, generation)
+    if any(n not in visited or visited[n][1] <= visited[n][0] for n in names):
+        return None
+    points = FES_POINTS[len(names)]
+    axes = [np.linspace(*visited[n], points) for n in names]
+    surfaces = [fes.to_zero(fes.free_energy(h, axes)) for h in (before, now)]
+    return float(np.max(np.abs(surfaces[1] - surfaces[0])))
+
+
+def fes_settled(cdir: CampaignDir, generation: int, tolerance: float) -> str | None:
+    """Why the free-energy surface counts as settled (changed by ≤ ``tolerance`` kJ/mol in
+    the last generation, see :func:`fes_change`), or None."""
+    change = fes_change(cdir, generation)
+    if change is None or change > tolerance:
+        return None
+    return (
+        f"free-energy surface settled: it changed by at most {change:.3g} kJ/mol between "
+        f"generations {generation - 1} and {generation} (≤ {tolerance:g}) over the visited range"
     )
