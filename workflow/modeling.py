@@ -88,6 +88,15 @@ def describe_training(model: TrainedModel) -> str:
     return "\n".join(lines)
 
 
+def _force_rmse(result: dict[str, Any]) -> str:
+    force = result.get("force_rmse_mev_per_ang")
+    if force is None:
+        return "n/a (no force labels: energy-only frames)"
+    n = result.get("n_frames")
+    with_forces = result.get("n_frames_with_forces", n)
+    return f"{force:.1f} meV/Å" + (f" ({with_forces} of {n} frames)" if with_forces != n else "")
+
+
 def describe_errors(result: dict[str, Any]) -> str:
     stress = result.get("stress_rmse_gpa")
     lines = []
@@ -95,7 +104,7 @@ def describe_errors(result: dict[str, Any]) -> str:
         lines.append(f"  frames           {result['n_frames']}")
     lines += [
         f"  energy RMSE      {result['energy_rmse_mev_per_atom']:.2f} meV/atom",
-        f"  force RMSE       {result['force_rmse_mev_per_ang']:.1f} meV/Å",
+        f"  force RMSE       {_force_rmse(result)}",
         f"  stress RMSE      {'n/a (no stress labels)' if stress is None else f'{stress:.3f} GPa'}",
     ]
     by_element = result["force_rmse_by_element"]

@@ -46,13 +46,26 @@ def package_checkpoint(checkpoint: Path, out: Path, *, threads: int | None = Non
     return out
 
 
+#: nequip's ``--target ase`` fields less the stress: a model of molecules (no cell, volume 0)
+#: gives a NaN stress, which fails nequip-compile's eager-vs-compiled check
+_ASE_INPUTS = ("pos", "edge_index", "atom_types", "cell", "edge_cell_shift")
+_ASE_OUTPUTS_WITHOUT_STRESS = ("atomic_energy", "total_energy", "forces")
+
+
 def compile_model(
-    package: Path, out: Path, *, device: str = "auto", threads: int | None = None
+    package: Path,
+    out: Path,
+    *,
+    device: str = "auto",
+    threads: int | None = None,
+    stress: bool = True,
 ) -> Path:
     """AOTInductor-compile a ``.nequip.zip`` for ASE on ``device``; returns ``out`` (.nequip.pt2).
 
     Takes 20-35 s on 2 CPU cores (gcc); the result runs only on the device it was built for.
     ``threads``: OMP_NUM_THREADS of nequip-compile (None: every core this process may use).
+    ``stress=False`` (models trained on molecules without a cell): the compiled model gives
+    energies and forces only, the same inputs and single-frame shapes as ``--target ase``.
     """
     package = Path(package)
     out = Path(out)
@@ -64,11 +77,17 @@ def compile_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.with_name("compile.log")
     with _partial(out) as partial:
+        if stress:
+            fields = ["--target", "ase"]
+        else:  # the ase target's inputs and single-frame shapes, its outputs less the stress
+            fields = ["--input-fields", *_ASE_INPUTS, "--output-fields"]
+            fields += [*_ASE_OUTPUTS_WITHOUT_STRESS, "--num-frames", "static"]
         command = [
             tool("nequip-compile"),
             str(package),
             str(partial),
-            *("--mode", "aotinductor", "--device", device, "--target", "ase"),
+            *("--mode", "aotinductor", "--device", device),
+            *fields,
         ]
         run_logged(command, log, cwd=out.parent, what="nequip-compile", threads=threads)
     return out
@@ -144,6 +163,28 @@ def package_r_max(package: Path) -> float:
         raise ModelError(f"{package}: not a readable NequIP package ({short_error(exc)})") from exc
 
 
+def _from_compiled(path: Path, device: str) -> Any:
+    """nequip's ASE calculator for a compiled model: ``--target ase``'s fields, or those of a
+    model compiled without stress (``compile_model(stress=False)``, molecules)."""
+    from nequip.integrations.ase import NequIPCalculator
+
+    class WithoutStress(NequIPCalculator):  # type: ignore[misc]
+        @classmethod
+        def _get_aoti_compile_target(cls) -> dict[str, Any]:
+            return {"input": list(_ASE_INPUTS), "output": list(_ASE_OUTPUTS_WITHOUT_STRESS)}
+
+    try:
+        return NequIPCalculator.from_compiled_model(
+            str(path), device=device, chemical_species_to_atom_type_map=True
+        )
+    except ValueError as exc:
+        if "do not match metadata" not in str(exc):
+            raise
+        return WithoutStress.from_compiled_model(
+            str(path), device=device, chemical_species_to_atom_type_map=True
+        )
+
+
 def _load(path: Path, device: str) -> tuple[Any, list[str]]:
     """(calculator, species) for a model directory, package or compiled model."""
     if path.is_dir():
@@ -157,9 +198,7 @@ def _load(path: Path, device: str) -> tuple[Any, list[str]]:
         from nequip.integrations.ase import NequIPCalculator
 
         if path.name.endswith(".nequip.pt2"):
-            calc = NequIPCalculator.from_compiled_model(
-                str(path), device=device, chemical_species_to_atom_type_map=True
-            )
+            calc = _from_compiled(path, device)
         elif path.name.endswith(".nequip.zip"):
             # nequip's eager loader for packages (the public one takes compiled models only)
             calc = NequIPCalculator._from_saved_model(
@@ -193,8 +232,10 @@ def evaluate(
     """Errors of ``model`` against labeled frames (frames with status "failed" are skipped).
 
     Returns exactly the keys of ``hillwalker evaluate --json``: energy RMSE per atom (meV/atom),
-    force RMSE over all components (meV/Å), stress RMSE over the nine 3x3 components (GPa; None
-    when no frame has a stress), and the force RMSE per element (meV/Å). ``source`` names the
+    force RMSE over all components (meV/Å; None when no frame has forces: energy-only labels
+    such as CCSD(T) count for the energy only), stress RMSE over the nine 3x3 components (GPa;
+    None when no frame has a stress), the force RMSE per element (meV/Å) and how many frames
+    had forces (``n_frames_with_forces``). ``source`` names the
     frames (their file) in error messages. ``threads``: torch's CPU threads while it runs (None:
     every core this process may use); the process's own setting is restored afterwards.
     """
@@ -216,15 +257,13 @@ def evaluate(
 
 
 def _usable_frames(frames: Sequence[Atoms], where: str) -> list[Atoms]:
-    """The frames to score: all but failed single points, each with energy and forces."""
+    """The frames to score: all but failed single points, each with an energy."""
     usable = [f for f in frames if f.info.get("status") != STATUS_FAILED]
     if not usable:
         raise ModelError(f"{where}no labeled frames to evaluate (empty dataset)")
     for i, atoms in enumerate(frames):
-        got = labels(atoms)
-        for key in ("energy", "forces"):
-            if key not in got and atoms.info.get("status") != STATUS_FAILED:
-                raise ModelError(f"{where}frame {i} has no {key}: evaluation needs both")
+        if "energy" not in labels(atoms) and atoms.info.get("status") != STATUS_FAILED:
+            raise ModelError(f"{where}frame {i} has no energy: evaluation needs one")
     return usable
 
 
@@ -235,18 +274,20 @@ class _Errors:
         self.energy: list[float] = []
         self.forces: dict[str, list[np.ndarray]] = {}
         self.stress: list[np.ndarray] = []
+        self.with_forces = 0
 
     def add(self, atoms: Atoms, calc: Any) -> None:
         ref = labels(atoms)
         probe = atoms.copy()
         probe.calc = calc
         energy = probe.get_potential_energy()
-        forces = probe.get_forces()
         self.energy.append(((energy - ref["energy"]) / len(atoms)) ** 2)
-        diff = forces - np.asarray(ref["forces"])
-        symbols = np.array(atoms.get_chemical_symbols())
-        for symbol in set(symbols.tolist()):
-            self.forces.setdefault(symbol, []).append((diff[symbols == symbol] ** 2).ravel())
+        if "forces" in ref and np.all(np.isfinite(ref["forces"])):
+            self.with_forces += 1
+            diff = probe.get_forces() - np.asarray(ref["forces"])
+            symbols = np.array(atoms.get_chemical_symbols())
+            for symbol in set(symbols.tolist()):
+                self.forces.setdefault(symbol, []).append((diff[symbols == symbol] ** 2).ravel())
         if "stress" in ref and atoms.cell.rank == 3:
             ref_stress = _full_stress(np.asarray(ref["stress"]))
             if np.all(np.isfinite(ref_stress)):
@@ -254,7 +295,7 @@ class _Errors:
                 self.stress.append(((stress - ref_stress) ** 2).ravel())
 
     def summary(self) -> dict[str, Any]:
-        all_forces = np.concatenate([np.concatenate(v) for v in self.forces.values()])
+        forces = [np.concatenate(v) for v in self.forces.values()]
         by_element = {
             s: 1000.0 * float(np.sqrt(np.mean(np.concatenate(self.forces[s]))))
             for s in sorted(self.forces, key=lambda s: atomic_numbers[s])
@@ -262,11 +303,14 @@ class _Errors:
         stress = self.stress
         return {
             "energy_rmse_mev_per_atom": 1000.0 * float(np.sqrt(np.mean(self.energy))),
-            "force_rmse_mev_per_ang": 1000.0 * float(np.sqrt(np.mean(all_forces))),
+            "force_rmse_mev_per_ang": (
+                1000.0 * float(np.sqrt(np.mean(np.concatenate(forces)))) if forces else None
+            ),
             "stress_rmse_gpa": (
                 float(np.sqrt(np.mean(np.concatenate(stress)))) / GPa if stress else None
             ),
             "force_rmse_by_element": by_element,
+            "n_frames_with_forces": self.with_forces,
         }
 
 

@@ -310,8 +310,14 @@ def _deploy(
     if compile:
         write_progress(out_dir, stage="compiling", max_epochs=epochs, history=history)
         t0 = time.perf_counter()
+        # a frame without a cell (a molecule) has no volume, hence no stress to compile
+        periodic = all(f.cell.rank == 3 for f in [*plan.train_frames, *plan.val_frames])
         compiled = compile_model(
-            package, out_dir / COMPILED_NAME, device=plan.device, threads=threads
+            package,
+            out_dir / COMPILED_NAME,
+            device=plan.device,
+            threads=threads,
+            stress=periodic,
         )
         seconds["compile"] = time.perf_counter() - t0
     return package, compiled

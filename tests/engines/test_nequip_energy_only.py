@@ -11,7 +11,7 @@ from ase.build import molecule
 from ase.calculators.emt import EMT
 
 from hillwalker.engines.dataset import label, labels, read_frames, write_frames
-from hillwalker.engines.nequip import ModelError, TrainSettings, train
+from hillwalker.engines.nequip import ModelError, TrainSettings, load_calculator, train
 from hillwalker.engines.nequip.data import training_frames
 
 
@@ -41,13 +41,15 @@ def test_energy_only_frames_survive_the_dataset(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_training_with_energy_only_frames_is_nan_free(tmp_path: Path) -> None:
+def test_a_training_with_energy_only_frames_is_nan_free_and_compiles(tmp_path: Path) -> None:
+    """Molecules without a cell: trained NaN-free, and compiled (a zero-volume cell gives a NaN
+    stress, which nequip-compile's check refused: the model is compiled without stress)."""
     data = tmp_path / "frames.extxyz"
     write_frames(data, _emt_frames(8))
     settings = TrainSettings.from_template(
         None, epochs=3, num_features=8, num_layers=1, batch_size=1, validation_fraction=0.25
     )
-    model = train(data, tmp_path / "m", settings=settings, device="cpu", compile=False, threads=1)
+    model = train(data, tmp_path / "m", settings=settings, device="cpu", compile=True, threads=1)
     history = model.metrics["history"]
     assert len(history) == 3
     for epoch in history:
@@ -59,3 +61,17 @@ def test_a_training_with_energy_only_frames_is_nan_free(tmp_path: Path) -> None:
     # the validation frames include one with forces: the monitored force error means something
     val = read_frames(tmp_path / "m" / "data" / "val.extxyz")
     assert any(np.isfinite(labels(f)["forces"]).all() for f in val)
+    # the compiled model (what walkers run) gives the package's energies and forces
+    assert model.compiled is not None and model.compiled.is_file()
+    frame = read_frames(data)[0]
+    assert frame.cell.rank == 0
+    results = []
+    for path in (model.package, model.compiled):
+        calc = load_calculator(path, device="cpu", threads=1)
+        atoms = frame.copy()
+        atoms.calc = calc
+        results.append((atoms.get_potential_energy(), atoms.get_forces()))
+        assert "stress" not in calc.results or not np.isfinite(calc.results["stress"]).all()
+    (e_eager, f_eager), (e_compiled, f_compiled) = results
+    assert np.all(np.isfinite(f_compiled)) and abs(e_eager - e_compiled) < 1e-8
+    np.testing.assert_allclose(f_compiled, f_eager, atol=1e-8)

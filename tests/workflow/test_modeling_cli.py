@@ -19,7 +19,7 @@ from ase.calculators.emt import EMT
 from typer.testing import CliRunner
 
 from hillwalker.cli import app
-from hillwalker.engines.dataset import label, read_frames, write_frames
+from hillwalker.engines.dataset import label, labels, read_frames, write_frames
 from hillwalker.engines.nequip import evaluate
 
 runner = CliRunner()
@@ -29,6 +29,7 @@ EVALUATE_KEYS = {
     "energy_rmse_mev_per_atom",
     "force_rmse_mev_per_ang",
     "stress_rmse_gpa",
+    "n_frames_with_forces",
     "force_rmse_by_element",
 }
 
@@ -71,7 +72,7 @@ def test_evaluate_json_for_directory_package_and_compiled(
 
 
 @pytest.mark.slow
-def test_evaluate_without_stress_reports_null(mil53_model, mil53_held_out_frames, tmp_path):
+def test_evaluate_without_stress_or_forces(mil53_model, mil53_held_out_frames, tmp_path):
     stripped = []
     for atoms in mil53_held_out_frames[:2]:
         frame = atoms.copy()
@@ -86,6 +87,31 @@ def test_evaluate_without_stress_reports_null(mil53_model, mil53_held_out_frames
     assert got["stress_rmse_gpa"] is None and got["n_frames"] == 2
     text = runner.invoke(app, ["evaluate", str(mil53_model.directory), str(frames)])
     assert text.exit_code == 0 and "no stress labels" in text.stdout
+
+    # energy-only labels (CCSD(T)-like): scored on the energy, the same energy error as with
+    # forces; a mix scores forces on the frames that have them
+    both = evaluate(mil53_model.directory, stripped, device="cpu")
+    energy_only = [label(f, labels(f)["energy"], None) for f in stripped]
+    for name, chosen, with_forces in (
+        ("energy_only", energy_only, 0),
+        ("mixed", [stripped[0], energy_only[1]], 1),
+    ):
+        path = tmp_path / f"{name}.extxyz"
+        write_frames(path, chosen)
+        result = runner.invoke(app, ["evaluate", str(mil53_model.directory), str(path), "--json"])
+        assert result.exit_code == 0, result.output
+        got = json.loads(result.stdout)
+        assert got["n_frames"] == 2 and got["n_frames_with_forces"] == with_forces
+        assert got["energy_rmse_mev_per_atom"] == pytest.approx(both["energy_rmse_mev_per_atom"])
+        if with_forces:
+            alone = evaluate(mil53_model.directory, stripped[:1], device="cpu")
+            assert got["force_rmse_mev_per_ang"] == pytest.approx(alone["force_rmse_mev_per_ang"])
+        else:
+            assert got["force_rmse_mev_per_ang"] is None and got["force_rmse_by_element"] == {}
+    text = runner.invoke(
+        app, ["evaluate", str(mil53_model.directory), str(tmp_path / "energy_only.extxyz")]
+    )
+    assert text.exit_code == 0 and "no force labels" in text.stdout, text.output
 
 
 @pytest.mark.slow
@@ -104,7 +130,7 @@ def test_evaluate_bad_inputs_fail_with_one_line(mil53_model, tmp_path):
     frame.calc = None
     write_frames(no_forces, [frame])
     line = _fails_cleanly(runner.invoke(app, ["evaluate", model, str(no_forces)]), "no_forces")
-    assert "has no energy" in line or "has no forces" in line
+    assert "frame 0 has no energy" in line
 
     empty = tmp_path / "empty.extxyz"
     empty.write_text("")
