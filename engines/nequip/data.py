@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -132,10 +133,41 @@ def energy_shifts(
 def split(
     frames: list[Atoms], validation_fraction: float, seed: int
 ) -> tuple[list[Atoms], list[Atoms]]:
-    """(train, validation): a seeded random choice of the validation frames, at least one."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(frames))
-    n_val = min(len(frames) - 1, max(1, round(validation_fraction * len(frames))))
-    val = sorted(order[:n_val].tolist())
-    train_idx = sorted(order[n_val:].tolist())
-    return [frames[i] for i in train_idx], [frames[i] for i in val]
+    """(train, validation), stable as a campaign's dataset grows.
+
+    Frames are taken generation by generation (``info["generation"]``; frames without one form
+    a group before the rest): each group adds the validation frames that bring the running
+    count to round(fraction × frames so far), chosen by a hash of (atoms, positions, cell,
+    ``seed``). A group's choice depends only on itself and the groups before it, so a frame
+    never moves from training to validation when later generations are added (a warm-started
+    model is never validated on frames it trained on), and each generation's validation set
+    holds the previous one's. At least one frame goes each way.
+    """
+    groups: dict[int, list[int]] = {}
+    for i, atoms in enumerate(frames):
+        groups.setdefault(int(atoms.info.get("generation", -1)), []).append(i)
+    val: set[int] = set()
+    seen = 0
+    for g in sorted(groups):
+        members = groups[g]
+        seen += len(members)
+        wanted = max(0, round(validation_fraction * seen) - len(val))
+        members = sorted(members, key=lambda i: _uniform(frames[i], seed))
+        val.update(members[: min(wanted, len(members))])
+    if not val:
+        val.add(min(range(len(frames)), key=lambda i: _uniform(frames[i], seed)))
+    if len(val) == len(frames) and len(frames) > 1:
+        val.remove(max(val, key=lambda i: _uniform(frames[i], seed)))
+    train_frames = [f for i, f in enumerate(frames) if i not in val]
+    return train_frames, [f for i, f in enumerate(frames) if i in val]
+
+
+def _uniform(atoms: Atoms, seed: int) -> float:
+    """A number in [0, 1) fixed by the frame's content and ``seed``."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(str(seed).encode())
+    digest.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
+    # rounded (and -0.0 made 0.0): the same frame read back from extxyz gives the same number
+    digest.update((np.round(np.asarray(atoms.positions, float), 6) + 0.0).tobytes())
+    digest.update((np.round(np.asarray(atoms.cell[:], float), 6) + 0.0).tobytes())
+    return int.from_bytes(digest.digest(), "big") / 2.0**64
