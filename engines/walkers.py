@@ -65,7 +65,7 @@ from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from hillwalker.engines.dataset import STATUS_BLOWN_UP, STATUS_DONE
 from hillwalker.engines.files import atomic_open, atomic_write_json, atomic_write_text
-from hillwalker.engines.geometry import too_close
+from hillwalker.engines.geometry import geometry_problem, too_close
 from hillwalker.engines.hills_ledger import LedgerEntry, WalkerError, close_segment, open_segment
 from hillwalker.engines.plumed import (
     BIAS_MODES,
@@ -213,6 +213,11 @@ class WalkerSegment:
     hills_added: int = 0
     #: bias energy (eV) felt at the segment's first step (the bias it restarted from)
     bias_start: float = math.nan
+    #: a blown-up segment's configuration where the blow-up was seen, when its geometry is sane
+    #: for a reference calculation (finite, no atoms closer than ``min_distance``), else None:
+    #: where the model failed, so the frame worth labeling (``final`` is often a state that was
+    #: labeled already: the segment's start)
+    failed: Atoms | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -437,7 +442,14 @@ def _finish(
         plumed_log=workdir / PLUMED_LOG_NAME,
         hills_added=hills_added,
         bias_start=run.bias_start,
+        failed=_with_info(run.failed, final.info) if run.failed is not None else None,
     )
+
+
+def _with_info(atoms: Atoms, info: dict[str, Any]) -> Atoms:
+    """``atoms`` with the provenance of ``info`` (walker, generation, model) and its own step."""
+    atoms.info = {**{k: v for k, v in info.items() if k not in ("cv", "bias")}, **atoms.info}
+    return atoms
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,6 +463,7 @@ class _Run:
     final: Atoms
     events: list[dict[str, Any]]
     bias_start: float = math.nan
+    failed: Atoms | None = None
 
 
 def _make_integrator(
@@ -522,9 +535,26 @@ def _run_md(
         assert safe is not None  # the last step always runs the full check
         return _Run(STATUS_DONE, step, safe, [], bias_start)
     event: dict[str, Any] = {"step": step, "kind": "blow_up", "reason": reason}
+    failed = _sane_copy(atoms, step, settings.min_distance)
+    event["failed_frame"] = failed is not None
     safe = _reset_state(event, safe, last_safe, start_state, settings, rng)
     outputs.log.write(f"# blow-up at step {step}: {reason}\n")
-    return _Run(STATUS_BLOWN_UP, step, safe, [event], bias_start)
+    return _Run(STATUS_BLOWN_UP, step, safe, [event], bias_start, failed)
+
+
+def _sane_copy(atoms: Atoms, step: int, min_distance: float) -> Atoms | None:
+    """The blow-up configuration (positions and cell, no momenta) if a reference code can take
+    it: finite, a full cell when periodic, no pair closer than ``min_distance``; else None."""
+    copy = Atoms(
+        atoms.numbers.copy(),
+        positions=np.array(atoms.positions, float),
+        cell=atoms.cell.copy(),
+        pbc=atoms.pbc.copy(),
+    )
+    if geometry_problem(copy, min_distance) is not None:
+        return None
+    copy.info = {"step": step, "blow_up": True}
+    return copy
 
 
 def _reset_state(

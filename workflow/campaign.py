@@ -371,14 +371,14 @@ class CampaignRun:
                 running[found] = i
             else:
                 segments[i] = found
-                labels[i] = self._label(found.final, generation=g, index=i, walker=i)
+                labels[i] = self._label(_to_label(found), generation=g, index=i, walker=i)
         pending = set(running)
         while pending:
             finished, pending = cf.wait(pending, timeout=1.0, return_when=cf.FIRST_COMPLETED)
             for fut in finished:
                 i = running[fut]
                 segments[i] = self._record_walker(g, i, fut)
-                labels[i] = self._label(segments[i].final, generation=g, index=i, walker=i)
+                labels[i] = self._label(_to_label(segments[i]), generation=g, index=i, walker=i)
             self._report(walkers_done=len(segments), walker_steps=self._walker_steps(g))
         return segments, labels
 
@@ -414,7 +414,7 @@ class CampaignRun:
         record = self.dir.record("walker", key)
         if record is not None and record["status"] in (STATUS_DONE, STATUS_BLOWN_UP):
             self.progress.skipped += 1
-            return _segment_from_record(record, read_frames(self.dir.root / record["final"])[-1])
+            return _segment_from_record(record, self.dir.root)
         walker = Walker(
             index=i, generation=g, n_walkers=w.count, bias_dir=self.dir.bias, bias=w.bias
         )
@@ -442,9 +442,14 @@ class CampaignRun:
         self._clock.add("md", timed.interval)
         final_path = self.dir.task_dir("walker", key) / "final.extxyz"
         write_frames(final_path, [segment.final])
+        failed_path = None
+        if segment.failed is not None:
+            failed_path = self.dir.task_dir("walker", key) / "failed.extxyz"
+            write_frames(failed_path, [segment.failed])
         record = {
             **_segment_record(segment),
             "final": str(final_path.relative_to(self.dir.root)),
+            "failed": str(failed_path.relative_to(self.dir.root)) if failed_path else None,
             "cv": segment.final.info.get("cv"),
             "interval": list(timed.interval),
             "seconds": timed.seconds,
@@ -663,20 +668,35 @@ class CampaignRun:
             self.on_progress(self.progress)
 
 
+def _to_label(segment: WalkerSegment) -> Atoms:
+    """The frame a walker's segment sends to the reference level: where a blown-up walker failed
+    (when that geometry is sane: the model's worst configuration, and a new one), else the state
+    it ends in (for a blow-up that is a state it passed, often one labeled before)."""
+    if segment.status == STATUS_BLOWN_UP and segment.failed is not None:
+        return segment.failed
+    return segment.final
+
+
 def _segment_record(segment: WalkerSegment) -> dict[str, Any]:
-    """A walker segment as JSON (its final frame goes to its own extxyz file)."""
+    """A walker segment as JSON (its final and failed frames go to their own extxyz files)."""
     data = {f.name: getattr(segment, f.name) for f in dataclasses.fields(segment)}
     data.pop("final")
+    data.pop("failed")
     return json.loads(json.dumps(data, default=str))
 
 
-def _segment_from_record(record: dict[str, Any], final: Atoms) -> WalkerSegment:
-    """The segment a walker record describes (the inverse of :func:`_segment_record`)."""
+def _segment_from_record(record: dict[str, Any], root: Path) -> WalkerSegment:
+    """The segment a walker record describes (the inverse of :func:`_segment_record`); its
+    frames are read from the files the record names, relative to the campaign ``root``."""
     from hillwalker.engines.walkers import WalkerSegment
 
-    values: dict[str, Any] = {"final": final}
+    failed = record.get("failed")
+    values: dict[str, Any] = {
+        "final": read_frames(root / record["final"])[-1],
+        "failed": read_frames(root / failed)[-1] if failed else None,
+    }
     for f in dataclasses.fields(WalkerSegment):
-        if f.name == "final" or f.name not in record:
+        if f.name in ("final", "failed") or f.name not in record:
             continue
         value = record[f.name]
         if "Path" in str(f.type) and value is not None:

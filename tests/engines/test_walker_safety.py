@@ -39,3 +39,11 @@ def test_max_temperature_blows_up_at_the_first_hot_step_and_resets(tmp_path: Pat
     # reset to the last safe state (the step before), with fresh momenta
     assert event["reset_to_step"] == event["step"] - 1
     np.testing.assert_allclose(segment.final.positions, frames[-1].positions)
+    # the configuration where it blew up is kept to be labeled (a sane geometry: only too hot),
+    # one step after the reset state, with the walker's provenance
+    failed = segment.failed
+    assert failed is not None and event["failed_frame"] is True
+    assert failed.info["step"] == event["step"] and failed.info["walker"] == 0
+    assert not failed.get_momenta().any()  # a geometry, no momenta
+    moved = np.linalg.norm(failed.positions - segment.final.positions, axis=1).max()
+    assert 0 < moved < 0.5  # one MD step away from the last safe state

@@ -186,6 +186,8 @@ def _assert_blow_up_reset_and_recorded(root: Path, s: dict) -> None:
     (event,) = [e for e in record["events"] if e["kind"] == "blow_up"]
     assert 0 < event["step"] < 300 and "min_distance" in event["reason"]
     assert event["reset_to_step"] < event["step"]
+    # too close for a reference calculation: nothing kept to label but the reset state
+    assert event["failed_frame"] is False and record["failed"] is None
 
     # the reset state, not the blown-up one, is what goes on: labeled fine, and the walker's
     # next generation starts from its last good state (the start structure), not the segment's
