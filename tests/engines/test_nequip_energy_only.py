@@ -73,5 +73,6 @@ def test_a_training_with_energy_only_frames_is_nan_free_and_compiles(tmp_path: P
         results.append((atoms.get_potential_energy(), atoms.get_forces()))
         assert "stress" not in calc.results or not np.isfinite(calc.results["stress"]).all()
     (e_eager, f_eager), (e_compiled, f_compiled) = results
-    assert np.all(np.isfinite(f_compiled)) and abs(e_eager - e_compiled) < 1e-8
-    np.testing.assert_allclose(f_compiled, f_eager, atol=1e-8)
+    # float32 models (the template's): equal to single precision
+    assert np.all(np.isfinite(f_compiled)) and abs(e_eager - e_compiled) < 1e-5 * abs(e_eager)
+    np.testing.assert_allclose(f_compiled, f_eager, rtol=1e-4, atol=1e-5)
