@@ -40,13 +40,14 @@ def test_validation_force_error_falls_during_training(mil53_model):
     assert m["species"] == MIL53_SPECIES
     assert m["stress_trained"] is True
     # the record's validation errors are the deployed package's, in meV/atom, meV/Å and GPa:
-    # the same numbers nequip logged (in eV, eV/Å, eV/Å³) for the deployed epoch
+    # the same numbers nequip logged (in eV, eV/Å, eV/Å³) for the deployed epoch, to the float32
+    # model's precision (nequip sums batches, evaluate frames)
     deployed = next(h for h in history if h["epoch"] == m["deployed_epoch"])
-    assert m["force_rmse_mev_per_ang"] == pytest.approx(1000 * deployed["val_forces_rmse"], 1e-6)
+    assert m["force_rmse_mev_per_ang"] == pytest.approx(1000 * deployed["val_forces_rmse"], 1e-5)
     assert m["energy_rmse_mev_per_atom"] == pytest.approx(
-        1000 * deployed["val_per_atom_energy_rmse"], 1e-6
+        1000 * deployed["val_per_atom_energy_rmse"], 1e-5
     )
-    assert m["stress_rmse_gpa"] == pytest.approx(deployed["val_stress_rmse"] / units.GPa, 1e-6)
+    assert m["stress_rmse_gpa"] == pytest.approx(deployed["val_stress_rmse"] / units.GPa, 1e-5)
     assert deployed["val_forces_rmse"] == min(h["val_forces_rmse"] for h in history)
 
     progress = json.loads((mil53_model.directory / "progress.json").read_text())
@@ -93,7 +94,9 @@ def test_model_stress_is_ase_convention(mil53_model, mil53_held_out_frames):
     calc = load_calculator(mil53_model.compiled, device="cpu", threads=NEQUIP_TEST_THREADS)
     atoms.calc = calc
     stress = atoms.get_stress(voigt=False)
-    h = 1e-5
+    # strains of ±0.1 %: a float32 model's energy (~1e-5 eV noise on ~-250 eV) would drown
+    # smaller ones; the central difference's own error is O(h²)
+    h = 1e-3
     numeric = np.zeros((3, 3))
     for i, j in [(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]:
         energies = []
@@ -106,7 +109,7 @@ def test_model_stress_is_ase_convention(mil53_model, mil53_held_out_frames):
             probe.calc = calc
             energies.append(probe.get_potential_energy())
         numeric[i, j] = numeric[j, i] = (energies[0] - energies[1]) / (2 * h) / atoms.get_volume()
-    np.testing.assert_allclose(stress, numeric, atol=2e-5)
+    np.testing.assert_allclose(stress, numeric, rtol=1e-3, atol=2e-5)
     assert np.abs(stress).max() > 1e-3
 
 
@@ -142,7 +145,8 @@ def test_warm_start_learns_the_new_frames(
     nxt = train(
         mil53_frames_path,  # all 48 frames: the 36 seen before and the 12 new ones
         tmp_path / "gen1",
-        settings=mil53_test_settings(epochs=4),
+        # a warm start fine-tunes at the template's rate (0.005), not the tiny scratch model's 0.02
+        settings=mil53_test_settings(epochs=4, learning_rate=0.005),
         init_from=mil53_model.package,
         device="cpu",
         compile=False,
@@ -187,7 +191,7 @@ def test_a_diverging_training_stops_at_once_and_says_so(mil53_frames_path, tmp_p
     data = tmp_path / "frames.extxyz"
     write_frames(data, read_frames(mil53_frames_path)[::8])
     settings = TrainSettings.from_template(
-        None, epochs=6, num_features=8, num_layers=1, learning_rate=1e300
+        None, epochs=6, num_features=8, num_layers=1, learning_rate=1e30
     )
     with pytest.raises(ModelError, match=r"progress\.json: training diverged at epoch 1") as err:
         train(data, tmp_path / "m", settings=settings, device="cpu", compile=False, threads=1)

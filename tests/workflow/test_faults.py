@@ -143,7 +143,7 @@ def test_a_diverged_training_stops_the_run_and_the_fixed_campaign_goes_on(tmp_pa
     # caught by the min_distance check)
     root = make_campaign(
         tmp_path / "c",
-        training={"overrides": {"num_features": 8, "batch_size": 2, "learning_rate": 1e300}},
+        training={"overrides": {"num_features": 8, "batch_size": 2, "learning_rate": 1e30}},
         walkers={"count": 1, "timestep": 5.0, "steps": 300, "temperature": 600.0},
         stop={"generations": 1},
     )

@@ -62,7 +62,8 @@ def test_evaluate_json_for_directory_package_and_compiled(
         assert set(got["force_rmse_by_element"]) == {"H", "C", "O", "Al"}
         assert got["stress_rmse_gpa"] is not None
         for key in ("energy_rmse_mev_per_atom", "force_rmse_mev_per_ang", "stress_rmse_gpa"):
-            assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6)
+            # the package runs eager, the others compiled: equal to float32 precision
+            assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6)
     # the session model learned something: on these 12 held-out frames a zero-force model scores
     # 3484 meV/Å and the training frames' mean energy per atom 136 meV/atom; the session model
     # scored 485 meV/Å and 13.5 meV/atom (2026-12). Limits: ~2x what it achieves, >3x below
