@@ -11,7 +11,9 @@ Methods (all at the main job's level, GFN1-xTB in CP2K, and its NequIP template)
 - ``random``: N perturbations of the start structure only, labeled and trained once
   (``--random-epochs``) from scratch, for each budget N;
 - ``oracle``: the same model trained on N frames drawn from the test set's own distribution
-  (a second pool made like the test set, with another seed).
+  (a second pool made like the test set, with another seed);
+- ``shared+scratch`` (any walker method + ``+scratch``): that campaign's first N labeled frames
+  trained once from scratch like ``random``: separates what the loop samples from how it trains.
 
 The test set (tests/data/mil53_xtb_frames.extxyz, 48 frames, made by
 tests/data/make_mil53_frames.py) is never trained on. It is scored as a whole and in bins:
@@ -159,33 +161,62 @@ def run_oracle(
     work: Path, config: dict[str, Any], budgets: list[int], epochs: int, bins: dict[str, Path]
 ) -> list[dict[str, Any]]:
     """Train on N frames from a second pool drawn like the test set (other seed)."""
+    pool = oracle_pool(work, max(budgets))
+    return [train_and_score(work / "oracle", n, pool[:n], config, epochs, bins) for n in budgets]
+
+
+def run_scratch(
+    work: Path,
+    method: str,
+    config: dict[str, Any],
+    budgets: list[int],
+    epochs: int,
+    bins: dict[str, Path],
+) -> list[dict[str, Any]]:
+    """``<walker method>+scratch``: the frames that walker campaign labeled up to each budget
+    (in the order it labeled them), trained once from scratch like ``random``: tells whether
+    the loop's warm-started training, not its frames, is what holds its error up."""
+    from hillwalker.engines.dataset import read_frames
+
+    source = work / method.split("+")[0] / "dataset.extxyz"
+    if not source.is_file():
+        raise SystemExit(f"{method}: run {method.split('+')[0]} first ({source} is missing)")
+    # dataset.extxyz is in loop order: generation by generation
+    frames = [f for f in read_frames(source) if f.info.get("status") == "done"]
+    return [
+        train_and_score(work / method, n, frames[:n], config, epochs, bins)
+        for n in budgets
+        if n <= len(frames)
+    ]
+
+
+def train_and_score(
+    where: Path,
+    n: int,
+    frames: list[Any],
+    config: dict[str, Any],
+    epochs: int,
+    bins: dict[str, Path],
+) -> dict[str, Any]:
+    """One model from scratch on ``frames`` (the main job's model settings), scored on the bins;
+    kept in ``where/model-<n>`` (a rerun resumes or reuses it)."""
     from hillwalker.engines.dataset import read_frames, write_frames
     from hillwalker.engines.nequip import TrainSettings, evaluate, train
 
-    pool = oracle_pool(work, max(budgets))
     template = ROOT / "templates" / "mil53-al" / "nequip.yaml"
     overrides = config["training"].get("overrides", {})
-    points = []
-    for n in budgets:
-        data = work / "oracle" / f"train-{n}.extxyz"
-        write_frames(data, pool[:n])
-        started = time.perf_counter()
-        settings = TrainSettings.from_template(
-            template, epochs=epochs, validation_fraction=0.15, seed=n, **overrides
-        )
-        model = train(data, work / "oracle" / f"model-{n}", template=template, settings=settings)
-        errors = {
-            b: _short(evaluate(model.compiled or model.package, read_frames(path)))
-            for b, path in bins.items()
-        }
-        points.append(
-            {
-                "single_points": n,
-                "wall_s": round(time.perf_counter() - started, 1),
-                "errors": errors,
-            }
-        )
-    return points
+    data = where / f"train-{n}.extxyz"
+    write_frames(data, frames)
+    started = time.perf_counter()
+    settings = TrainSettings.from_template(
+        template, epochs=epochs, validation_fraction=0.15, seed=n, **overrides
+    )
+    model = train(data, where / f"model-{n}", template=template, settings=settings)
+    errors = {
+        b: _short(evaluate(model.compiled or model.package, read_frames(path)))
+        for b, path in bins.items()
+    }
+    return {"single_points": n, "wall_s": round(time.perf_counter() - started, 1), "errors": errors}
 
 
 def oracle_pool(work: Path, n: int) -> list[Any]:
@@ -253,6 +284,8 @@ def main() -> int:
             curves[method] = run_random(work, config, budgets, epochs, bins)
         elif method == "oracle":
             curves[method] = run_oracle(work, config, budgets, epochs, bins)
+        elif method.endswith("+scratch") and method.split("+")[0] in WALKER_METHODS:
+            curves[method] = run_scratch(work, method, config, budgets, epochs, bins)
         else:
             parser.error(f"unknown method {method!r}")
         seconds[method] = round(time.perf_counter() - started, 1)
