@@ -77,7 +77,7 @@ def fes_change(cdir: CampaignDir, generation: int) -> float | None:
     if any(n not in visited or visited[n][1] <= visited[n][0] for n in names):
         return None
     points = FES_POINTS[len(names)]
-    axes = [np.linspace(*visited[n], points) for n in names]
+    axes = [np.linspace(visited[n][0], visited[n][1], points) for n in names]
     surfaces = [fes.to_zero(fes.free_energy(h, axes)) for h in (before, now)]
     return float(np.max(np.abs(surfaces[1] - surfaces[0])))
 
