@@ -407,6 +407,8 @@ def _finish(
     final = run.final
     if not begin.periodic:
         final.cell = begin.original_cell
+        if run.failed is not None:
+            run.failed.cell = begin.original_cell
     final.info.update(
         {"walker": walker.index, "generation": walker.generation, "step": run.end_step}
     )
