@@ -26,7 +26,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from hillwalker.engines.files import atomic_open
 
 #: info keys that say where a frame came from.
-PROVENANCE_KEYS = ("generation", "walker", "level", "task_id", "status")
+PROVENANCE_KEYS = ("generation", "walker", "level", "level_digest", "task_id", "status")
 
 #: values of ``info["status"]``
 STATUS_DONE = "done"

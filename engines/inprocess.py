@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from ase import Atoms
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from hillwalker.engines.files import atomic_open
 from hillwalker.engines.levels import (
@@ -151,10 +152,45 @@ class ChildProcessLevel:
             ladder=self.ladder,
         )
 
+    def calculator(self, cores: int | None = None) -> Any:
+        """An ASE calculator computing this level in this process (no child, no ladder, no
+        timeout): for a delta-learning baseline evaluated at every MD step. ``cores`` is not
+        applied here (a subclass that can set its threads per call overrides this)."""
+        level: ChildLevel = self  # type: ignore[assignment]  # every subclass is one
+        return InProcessCalculator(self.compute, level.run_settings())
+
     def free_atom(self, multiplicity: int) -> Any:
         """This level for a neutral free atom of the given spin multiplicity."""
         free = self.settings.model_copy(update={"multiplicity": multiplicity, "charge": 0})
         return dataclasses.replace(self, settings=free)  # type: ignore[type-var]
+
+
+class InProcessCalculator(Calculator):  # type: ignore[misc]
+    """A level's ``compute`` function (``"module:function"``) as an ASE calculator in this
+    process; a property the method does not give (forces of FCI, stress of a molecule) raises
+    PropertyNotImplementedError when asked for."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]  # noqa: RUF012
+
+    def __init__(self, compute: str, settings: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._compute = _resolve(compute)
+        self._settings = dict(settings)
+
+    def calculate(
+        self,
+        atoms: Atoms | None = None,
+        properties: Sequence[str] = ("energy",),
+        system_changes: Sequence[str] = all_changes,
+    ) -> None:
+        super().calculate(atoms, properties, system_changes)
+        got = self._compute(self.atoms.copy(), dict(self._settings))
+        self.results = {"energy": got.energy, "free_energy": got.energy}
+        for key, value in (("forces", got.forces), ("stress", got.stress)):
+            if value is not None:
+                self.results[key] = np.asarray(value, dtype=float)
+            elif key in properties:
+                raise PropertyNotImplementedError(f"{key}: this level does not give it")
 
 
 def single_point(

@@ -37,6 +37,7 @@ __all__ = [
     "SinglePointResult",
     "check_frame",
     "check_frames",
+    "level_calculator",
     "load_level",
     "refusal",
 ]
@@ -130,6 +131,7 @@ class SinglePointResult:
             "failure": self.failure,
             "corrections": json.dumps(self.corrections) if self.corrections else None,
             "failure_message": self.message,
+            "level_digest": self.level_digest or None,
             **provenance,
         }
         if self.status == STATUS_DONE and self.energy is not None:
@@ -196,6 +198,25 @@ def load_level(path: str | os.PathLike[str]) -> ReferenceLevel:
         raise LevelError(f"{p}: not a level file this version can read (known: {known})")
     level: ReferenceLevel = importlib.import_module(module).load(p)
     return level
+
+
+def level_calculator(level: ReferenceLevel, cores: int | None = None) -> Any:
+    """An ASE calculator computing ``level`` in this process, for a baseline evaluated at every
+    MD step (delta-learning); LevelError naming the file where the level cannot be one."""
+    make = getattr(level, "calculator", None)
+    if make is None:
+        raise LevelError(
+            f"{level.path}: code: {level.code} runs as a separate program for each single "
+            "point; a delta-learning baseline is evaluated at every MD step and must run "
+            "inside the walker's process (use a tblite or PySCF level, or the hierarchical "
+            "method: an ML model of the baseline)"
+        )
+    if not getattr(level, "has_forces", True):
+        raise LevelError(
+            f"{level.path}: method: gives energies only (no analytic forces); a delta-learning "
+            "baseline needs forces at every MD step"
+        )
+    return make(cores)
 
 
 def refusal(

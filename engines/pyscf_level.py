@@ -11,7 +11,8 @@
     conv_tol: 1.0e-9     # SCF energy convergence, Hartree
 
 Energies in eV; forces (eV/Å) where PySCF has analytic gradients (HF, DFT, MP2), energy-only
-labels otherwise (CCSD, CCSD(T), FCI: ``forces=None``). Periodic frames are refused. Each
+labels otherwise (CCSD, CCSD(T), FCI: ``forces=None``), or their forces by central differences
+(``finite_difference_step: 0.001``, Å; 6N + 1 energies per frame, for small molecules). Periodic frames are refused. Each
 attempt runs in a child process (:mod:`hillwalker.engines.inprocess`) with ``OMP_NUM_THREADS`` =
 the cores given; an unconverged SCF climbs :data:`LADDER` (more cycles, level shift + damping,
 second-order SCF).
@@ -28,7 +29,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 from ase import Atoms, units
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from hillwalker.engines.inprocess import (
     ChildProcessLevel,
@@ -62,6 +63,13 @@ class PyscfSettings(LevelSettings):
     max_cycle: int = Field(100, gt=0, description="SCF iterations before 'not converged'.")
     conv_tol: float = Field(1e-9, gt=0, description="SCF energy convergence, Hartree.")
     max_memory: int = Field(4000, gt=0, description="PySCF's memory limit, MB.")
+    finite_difference_step: float | None = Field(
+        None,
+        gt=0,
+        le=0.05,
+        description="Å. Forces of a method without analytic gradients (ccsd, ccsd(t), fci) by "
+        "central differences with this step: 6N + 1 energies per frame. Unset: energy only.",
+    )
 
     @field_validator("method")
     @classmethod
@@ -77,6 +85,17 @@ class PyscfSettings(LevelSettings):
             known = ", ".join(WAVEFUNCTION_METHODS)
             raise ValueError(f"unknown method {value!r} ({known}, or a DFT functional)") from None
         return method
+
+    @model_validator(mode="after")
+    def _differences_only_without_gradients(self) -> PyscfSettings:
+        if self.finite_difference_step is not None and (
+            self.method in GRADIENT_METHODS or is_dft(self.method)
+        ):
+            raise ValueError(
+                f"finite_difference_step: method {self.method} has analytic forces; the step is "
+                "for methods without them (ccsd, ccsd(t), fci)"
+            )
+        return self
 
     @field_validator("basis")
     @classmethod
@@ -102,14 +121,17 @@ class PyscfLevel(ChildProcessLevel):
 
     @property
     def has_forces(self) -> bool:
-        return is_dft(self.settings.method) or self.settings.method in GRADIENT_METHODS
+        method = self.settings.method
+        analytic = is_dft(method) or method in GRADIENT_METHODS
+        return analytic or self.settings.finite_difference_step is not None
 
     def digest(self) -> str:
         return settings_digest(self.code, self.run_settings())
 
     def run_settings(self) -> dict[str, Any]:
         # level_shift, damp, newton: the SCF ladder's knobs, off until it climbs
-        settings = self.settings.model_dump(exclude={"code"})
+        # unset optional keys stay out, so adding one leaves earlier levels' digests as they were
+        settings = self.settings.model_dump(exclude={"code"}, exclude_none=True)
         return {**settings, "level_shift": 0.0, "damp": 0.0, "newton": False}
 
     def check_elements(self, symbols: Iterable[str]) -> None:
@@ -159,15 +181,27 @@ def _basis_covers(basis: str, symbol: str) -> bool:
 
 
 def compute(atoms: Atoms, settings: dict[str, Any]) -> Labels:
-    """One attempt: the energy (eV) and, for HF/DFT/MP2, the forces (eV/Å)."""
+    """One attempt: the energy (eV) and the forces (eV/Å): analytic for HF/DFT/MP2, by central
+    differences for the others when ``finite_difference_step`` is set."""
+    started = time.perf_counter()
+    energy, gradient = _energy_gradient(atoms.get_chemical_symbols(), atoms.positions, settings)
+    forces = None if gradient is None else -np.asarray(gradient) * (units.Hartree / units.Bohr)
+    step = settings.get("finite_difference_step")
+    if forces is None and step:
+        forces = _central_differences(atoms, settings, float(step))
+    return Labels(
+        float(energy) * units.Hartree, forces, None, seconds=time.perf_counter() - started
+    )
+
+
+def _energy_gradient(
+    symbols: list[str], positions: np.ndarray, settings: dict[str, Any]
+) -> tuple[float, Any]:
+    """(energy in Hartree, gradient in Hartree/bohr or None) of one geometry (Å)."""
     from pyscf import gto
 
-    started = time.perf_counter()
     mol = gto.M(
-        atom=[
-            (s, tuple(p))
-            for s, p in zip(atoms.get_chemical_symbols(), atoms.positions, strict=True)
-        ],
+        atom=[(s, tuple(p)) for s, p in zip(symbols, positions, strict=True)],
         unit="Angstrom",
         basis=settings["basis"],
         charge=settings["charge"],
@@ -175,12 +209,22 @@ def compute(atoms: Atoms, settings: dict[str, Any]) -> Labels:
         max_memory=settings["max_memory"],
         verbose=0,
     )
-    mf = _converged_scf(mol, settings)
-    energy, gradient = _correlated(mf, settings["method"])
-    forces = None if gradient is None else -np.asarray(gradient) * (units.Hartree / units.Bohr)
-    return Labels(
-        float(energy) * units.Hartree, forces, None, seconds=time.perf_counter() - started
-    )
+    return _correlated(_converged_scf(mol, settings), settings["method"])
+
+
+def _central_differences(atoms: Atoms, settings: dict[str, Any], step: float) -> np.ndarray:
+    """Forces (eV/Å) as −(E(x + h) − E(x − h)) / 2h for every coordinate, h = ``step`` Å."""
+    symbols = atoms.get_chemical_symbols()
+    forces = np.zeros((len(atoms), 3))
+    for i in range(len(atoms)):
+        for k in range(3):
+            energies = []
+            for sign in (1.0, -1.0):
+                moved = atoms.positions.copy()
+                moved[i, k] += sign * step
+                energies.append(_energy_gradient(symbols, moved, settings)[0])
+            forces[i, k] = -(energies[0] - energies[1]) * units.Hartree / (2 * step)
+    return forces
 
 
 def _converged_scf(mol: Any, settings: dict[str, Any]) -> Any:

@@ -237,12 +237,42 @@ def train_command(
     compile_model: Annotated[
         bool, typer.Option("--compile/--no-compile", help="AOTInductor-compile for ASE MD.")
     ] = True,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            "--method",
+            help="direct | delta | hierarchical | transfer: a potential from frames labeled at "
+            "several levels (docs/multifidelity.md). Needs --target.",
+        ),
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option("--target", help="Target level: its name or its level file.")
+    ] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option("--baseline", help="Baseline level: name or file (delta: the file)."),
+    ] = None,
 ) -> None:
-    """Train a NequIP model (package + compiled model + model.json record) on labeled frames."""
+    """Train a NequIP model (package + compiled model + model.json record) on labeled frames;
+    with --method, a potential from labels at several levels of theory."""
+    from hillwalker.engines.composite import PotentialError
     from hillwalker.engines.dataset import DatasetError
+    from hillwalker.engines.levels import LevelError
     from hillwalker.engines.nequip import ModelError
-    from hillwalker.modeling import describe_training, train_model
+    from hillwalker.modeling import describe_potential, describe_training, train_levels, train_model
 
+    if method is not None or target is not None or baseline is not None:
+        if method is None or target is None:
+            raise fail("--method and --target go together (--baseline: for all but direct)")
+        try:
+            potential = train_levels(
+                data, out, method=method, target=target, baseline=baseline, config=config,
+                init=init, epochs=epochs, device=device, compile=compile_model,
+            )  # fmt: skip
+        except (ModelError, DatasetError, PotentialError, LevelError) as exc:
+            raise fail(str(exc)) from None
+        typer.echo(describe_potential(potential))
+        return
     try:
         model = train_model(
             data,
@@ -266,13 +296,15 @@ def evaluate_command(
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
 ) -> None:
     """Energy (meV/atom), force (meV/Å) and stress (GPa) RMSE of a model on labeled frames."""
+    from hillwalker.engines.composite import PotentialError
     from hillwalker.engines.dataset import DatasetError
+    from hillwalker.engines.levels import LevelError
     from hillwalker.engines.nequip import ModelError
     from hillwalker.modeling import describe_errors, evaluate_model
 
     try:
         result = evaluate_model(model, frames, device=device)
-    except (ModelError, DatasetError) as exc:
+    except (ModelError, DatasetError, PotentialError, LevelError) as exc:
         raise fail(str(exc)) from None
     if as_json:
         typer.echo(json.dumps(result, indent=2))

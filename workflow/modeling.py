@@ -15,6 +15,7 @@ from typing import Any
 from ase.data import atomic_numbers
 
 from hillwalker.engines.dataset import read_frames
+from hillwalker.engines.multilevel import read_levels
 from hillwalker.engines.nequip import (
     ModelError,
     TrainedModel,
@@ -22,6 +23,12 @@ from hillwalker.engines.nequip import (
     default_template,
     evaluate,
     train,
+)
+from hillwalker.engines.potentials import (
+    Potential,
+    evaluate_potential,
+    is_potential,
+    train_potential,
 )
 
 
@@ -56,10 +63,63 @@ def train_model(
     )
 
 
+def train_levels(
+    data: Sequence[Path],
+    out_dir: Path,
+    *,
+    method: str,
+    target: str,
+    baseline: str | None = None,
+    config: Path | None = None,
+    init: Path | None = None,
+    epochs: int | None = None,
+    device: str = "auto",
+    compile: bool = True,
+) -> Potential:
+    """``hillwalker train --method``: a potential from frames labeled at several levels.
+
+    ``target`` and ``baseline`` are level names (``info["level"]`` of the frames) or level
+    files (their name is the file's stem); ``delta`` needs the baseline's file."""
+    template = Path(config) if config is not None else default_template()
+    if not template.is_file():
+        raise ModelError(f"{template}: no such NequIP config file")
+    changes: dict[str, Any] = {}
+    if epochs is not None:
+        if epochs < 1:
+            raise ModelError(f"--epochs: must be at least 1, not {epochs}")
+        changes["epochs"] = epochs
+    levels = read_levels(data)
+    baseline_name, baseline_file = _level_name(baseline)
+    return train_potential(
+        levels, out_dir, method=method, target=_level_name(target)[0], baseline=baseline_name,
+        baseline_level=baseline_file, template=template,
+        settings=TrainSettings.from_template(template, **changes), init_from=init,
+        device=device, compile=compile,
+    )  # fmt: skip
+
+
+def _level_name(level: str | None) -> tuple[str | None, Path | None]:
+    """(name, file) of a level given as a name or as a level file (name: the file's stem)."""
+    if level is None:
+        return None, None
+    path = Path(level)
+    if path.suffix.lower() in (".yaml", ".yml", ".inp"):
+        if not path.is_file():
+            raise ModelError(f"{path}: no such level file")
+        return path.stem, path
+    return level, None
+
+
 def evaluate_model(model: Path, frames_path: Path, *, device: str = "auto") -> dict[str, Any]:
-    """Errors of a model (directory, .nequip.zip or .nequip.pt2) on the frames of a file."""
+    """Errors of a model (directory, .nequip.zip or .nequip.pt2) on the frames of a file; for
+    a potential of several parts (``train --method``), on its target level's frames, with each
+    learned part's errors under ``parts``."""
     if not Path(model).exists():
         raise ModelError(f"{model}: no such model file or directory")
+    if is_potential(model):
+        return evaluate_potential(
+            model, read_levels([frames_path]), device=device, source=str(frames_path)
+        )
     frames = read_frames(frames_path)
     return evaluate(model, frames, device=device, source=str(frames_path))
 
@@ -97,7 +157,30 @@ def _force_rmse(result: dict[str, Any]) -> str:
     return f"{force:.1f} meV/Å" + (f" ({with_forces} of {n} frames)" if with_forces != n else "")
 
 
+def describe_potential(potential: Potential) -> str:
+    lines = [f"potential: {potential.directory} ({potential.method}; target {potential.target}"
+             + (f", baseline {potential.baseline})" if potential.baseline else ")")]  # fmt: skip
+    for part in potential.parts:
+        model = potential.models.get(part["name"])
+        if part["kind"] == "level":
+            lines.append(f"  part {part['name']}: level file {part['path']} (in-process)")
+        elif part["kind"] == "offsets":
+            refs = ", ".join(f"{s} {e:+.4f} eV" for s, e in part["energies"].items())
+            lines.append(f"  part {part['name']}: per-element energy references {refs}")
+        elif model is not None:
+            lines.append(f"  part {part['name']}:")
+            lines.extend("  " + line for line in describe_training(model).splitlines())
+    return "\n".join(lines)
+
+
 def describe_errors(result: dict[str, Any]) -> str:
+    if "total" in result:  # a potential of several parts
+        lines = [f"  {result['method']} potential vs {result['target']}:"]
+        lines += ["  " + line for line in describe_errors(result["total"]).splitlines()]
+        for name, errors in result["parts"].items():
+            lines.append(f"  part {name} vs its own labels:")
+            lines += ["  " + line for line in describe_errors(errors).splitlines()]
+        return "\n".join(lines)
     stress = result.get("stress_rmse_gpa")
     lines = []
     if "n_frames" in result:

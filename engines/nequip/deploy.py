@@ -239,20 +239,34 @@ def evaluate(
     frames (their file) in error messages. ``threads``: torch's CPU threads while it runs (None:
     every core this process may use); the process's own setting is restored afterwards.
     """
-    where = f"{source}: " if source else ""
-    usable = _usable_frames(frames, where)
     path = Path(model)
     with torch_threads(threads):
         calc, species = _load(path, resolve_device(device))
+        return score(calc, frames, species=species, source=source, model=str(path))
+
+
+def score(
+    calc: Any,
+    frames: Sequence[Atoms],
+    *,
+    species: Sequence[str] | None = None,
+    source: str | None = None,
+    model: str = "the model",
+) -> dict[str, Any]:
+    """:func:`evaluate`'s errors for any ASE calculator (a sum of parts, too); ``species``:
+    the elements it covers (None: unchecked)."""
+    where = f"{source}: " if source else ""
+    usable = _usable_frames(frames, where)
+    if species is not None:
         missing = sorted(set(species_of(usable)) - set(species))
         if missing:
             raise ModelError(
-                f"{where}element(s) {', '.join(missing)} not in the model {path} "
+                f"{where}element(s) {', '.join(missing)} not in the model {model} "
                 f"(model species: {' '.join(species)})"
             )
-        errors = _Errors()
-        for atoms in usable:
-            errors.add(atoms, calc)
+    errors = _Errors()
+    for atoms in usable:
+        errors.add(atoms, calc)
     return {"n_frames": len(usable), **errors.summary()}
 
 

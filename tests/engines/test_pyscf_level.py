@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from hillwalker.cli import app
 from hillwalker.engines.dataset import labels, read_frames, write_frames
-from hillwalker.engines.levels import LevelError, RunOptions, load_level
+from hillwalker.engines.levels import LevelError, RunOptions, level_calculator, load_level
 from hillwalker.engines.pyscf_level import PyscfLevel, compute
 
 runner = CliRunner()
@@ -97,6 +97,45 @@ def test_forces_are_minus_the_energy_gradient(method: str, basis: str) -> None:
         numeric = -(compute(plus, settings).energy - compute(minus, settings).energy) / (2 * h)
         assert labels_.forces[i, k] == pytest.approx(numeric, abs=1e-3), (method, i, k)
     assert np.abs(labels_.forces).max() > 0.1
+
+
+def test_finite_difference_forces_of_an_energy_only_method(tmp_path: Path) -> None:
+    """CCSD has no analytic gradient here: with a step, its forces come by central differences;
+    HF's differences equal HF's analytic forces; the digest of a level without the key is as
+    before the key existed; the in-process calculator gives the same numbers."""
+    water = molecule("H2O")
+    water.positions[1] += [0.05, -0.03, 0.02]
+    hf = load_level(_level_file(tmp_path, "code: pyscf\nmethod: hf\nbasis: sto-3g\n"))
+    assert isinstance(hf, PyscfLevel)
+    assert hf.digest() == "043324420099672b"  # measured before finite_difference_step existed
+    analytic = compute(water, hf.run_settings()).forces
+    stepped = compute(water, {**hf.run_settings(), "finite_difference_step": 1e-3}).forces
+    np.testing.assert_allclose(stepped, analytic, atol=2e-4)
+    cc = load_level(_level_file(
+        tmp_path, "code: pyscf\nmethod: ccsd\nbasis: sto-3g\nfinite_difference_step: 0.001\n",
+        "cc.yaml",
+    ))  # fmt: skip
+    assert isinstance(cc, PyscfLevel) and cc.has_forces
+    forces = compute(water, cc.run_settings()).forces
+    assert forces is not None and np.abs(forces - analytic).max() > 1e-3  # correlation shows
+    np.testing.assert_allclose(forces.sum(axis=0), 0.0, atol=1e-4)  # no net force
+    probe = water.copy()
+    probe.calc = level_calculator(cc)
+    np.testing.assert_allclose(probe.get_forces(), forces, atol=1e-9)
+    with pytest.raises(LevelError, match="finite_difference_step: method hf has analytic"):
+        load_level(_level_file(
+            tmp_path, "code: pyscf\nmethod: hf\nbasis: sto-3g\nfinite_difference_step: 0.001\n",
+            "bad.yaml",
+        ))  # fmt: skip
+
+
+def test_a_delta_baseline_must_run_in_process_and_give_forces(tmp_path: Path) -> None:
+    fci = load_level(_level_file(tmp_path, "code: pyscf\nmethod: fci\nbasis: sto-3g\n"))
+    with pytest.raises(LevelError, match="energies only"):
+        level_calculator(fci)
+    cp2k = load_level(Path(__file__).parents[2] / "templates" / "mil53-al" / "levels" / "xtb.inp")
+    with pytest.raises(LevelError, match=r"xtb\.inp: code: cp2k runs as a separate program"):
+        level_calculator(cp2k)
 
 
 def test_isolated_atoms_and_energy_only_methods(tmp_path: Path) -> None:

@@ -1,0 +1,331 @@
+"""Potentials trained on labels at two levels of theory: direct, delta, hierarchical, transfer.
+
+:func:`train_potential` trains one of four methods on a multi-level dataset
+(:mod:`hillwalker.engines.multilevel`) and writes a potential directory; :func:`load_potential`
+turns any potential directory (or a plain NequIP model) into one ASE calculator, the sum of its
+parts (:class:`~hillwalker.engines.composite.SumCalculator`):
+
+- ``direct``: one NequIP model of the target level.
+- ``delta``: the baseline level itself (a level file, computed in this process at every call:
+  tblite or PySCF) + a NequIP model of target − baseline.
+- ``hierarchical``: a NequIP model of the baseline (all baseline labels) + a NequIP model of
+  target − baseline (the frames labeled at both): no quantum chemistry at MD time.
+- ``transfer``: a NequIP model pretrained on the baseline labels, then fine-tuned on the target
+  labels (learning rate × ``transfer_learning_rate``), + the per-element energy references of
+  the target level relative to the baseline's (least squares over the frames), so the
+  fine-tuning does not spend itself on the constant offset between two levels.
+
+Directory::
+
+    potential.json      method, levels, parts; written last: its presence means complete
+    <part>/             a NequIP model directory (model.json, model.nequip.zip, ...)
+    baseline.<suffix>   the delta method's baseline level file, copied (its digest recorded)
+    data/<part>.extxyz  the frames each model trained on (delta labels for the delta part)
+
+A ``direct`` potential's one part is a plain model directory, so everything that takes a model
+takes a potential too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from hillwalker.engines.composite import OffsetCalculator, PotentialError, SumCalculator
+from hillwalker.engines.dataset import label, labels, write_frames
+from hillwalker.engines.files import atomic_write_json, atomic_write_text, read_json
+from hillwalker.engines.levels import LevelError, level_calculator, load_level
+from hillwalker.engines.multilevel import LevelFrames, MultiLevelError, delta_frames
+from hillwalker.engines.nequip import (
+    RECORD_NAME,
+    TrainedModel,
+    TrainSettings,
+    load_calculator,
+    model_species,
+    train,
+)
+from hillwalker.engines.nequip.deploy import score
+
+__all__ = [
+    "METHODS",
+    "POTENTIAL_FILE",
+    "Potential",
+    "evaluate_potential",
+    "is_potential",
+    "load_potential",
+    "per_element_energies",
+    "train_potential",
+]
+
+METHODS = ("direct", "delta", "hierarchical", "transfer")
+POTENTIAL_FILE = "potential.json"
+#: the fine-tuning's learning rate relative to the pretraining's (transfer)
+TRANSFER_LEARNING_RATE = 0.2
+
+
+@dataclass
+class Potential:
+    """A trained potential directory: how it was made and its NequIP parts' records."""
+
+    directory: Path
+    method: str
+    target: str
+    baseline: str | None
+    parts: list[dict[str, Any]]
+    models: dict[str, TrainedModel]
+
+
+def train_potential(
+    data: dict[str, LevelFrames],
+    out_dir: Path,
+    *,
+    method: str,
+    target: str,
+    baseline: str | None = None,
+    baseline_level: Path | None = None,
+    template: Path | None = None,
+    settings: TrainSettings | None = None,
+    init_from: Path | None = None,
+    transfer_learning_rate: float = TRANSFER_LEARNING_RATE,
+    device: str = "auto",
+    compile: bool = True,
+    threads: int | None = None,
+) -> Potential:
+    """Train ``method`` on the levels in ``data`` into ``out_dir``. ``baseline_level``: the
+    baseline's level file (needed by ``delta``, which computes it at MD time). ``init_from``: a
+    previous potential of the same method; each NequIP part warm-starts from its namesake."""
+    out_dir = Path(out_dir)
+    settings = settings or TrainSettings.from_template(template)
+    plan = _check(data, method, target, baseline, baseline_level)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / POTENTIAL_FILE).unlink(missing_ok=True)  # written again last
+
+    def fit(part: str, frames: list[Atoms], init: Path | None = None, **changes: Any) -> None:
+        path = out_dir / "data" / f"{part}.extxyz"
+        write_frames(path, frames)
+        if init is None and init_from is not None and (init_from / part / RECORD_NAME).is_file():
+            init = init_from / part
+        models[part] = train(
+            path, out_dir / part, template=template,
+            settings=dataclasses.replace(settings, **changes), init_from=init,
+            device=device, compile=compile, threads=threads,
+        )  # fmt: skip
+        parts.append({"name": part, "kind": "nequip", "path": part})
+
+    models: dict[str, TrainedModel] = {}
+    parts: list[dict[str, Any]] = []
+    high = data[target]
+    if method == "direct":
+        fit("model", high.list())
+    elif method == "delta":
+        level_file = plan["level_file"]
+        copy = out_dir / f"baseline{level_file.suffix}"
+        atomic_write_text(copy, level_file.read_text())
+        parts.append(
+            {"name": "baseline", "kind": "level", "path": copy.name, "digest": plan["digest"]}
+        )
+        fit("delta", delta_frames(high, data[str(baseline)]))
+    elif method == "hierarchical":
+        fit("baseline", data[str(baseline)].list())
+        fit("delta", delta_frames(high, data[str(baseline)]))
+    else:  # transfer
+        low = data[str(baseline)]
+        fit("pretrain", low.list())
+        parts.clear()  # the pretrained model is a step, not a part
+        offsets = _offsets(high, low)
+        shifted = [_shifted(f, offsets) for f in high.list()]
+        rate = settings.learning_rate * transfer_learning_rate
+        fit("model", shifted, init=out_dir / "pretrain", learning_rate=rate)
+        parts.append({"name": "references", "kind": "offsets", "energies": offsets})
+    record = {
+        "method": method,
+        "target": target,
+        "target_digest": high.digest,
+        "baseline": baseline,
+        "baseline_digest": data[baseline].digest if baseline else None,
+        "parts": parts,
+        "frames": {name: len(frames) for name, frames in data.items()},
+    }
+    atomic_write_json(out_dir / POTENTIAL_FILE, record)
+    return Potential(out_dir, method, target, baseline, parts, models)
+
+
+def _check(
+    data: dict[str, LevelFrames],
+    method: str,
+    target: str,
+    baseline: str | None,
+    baseline_level: Path | None,
+) -> dict[str, Any]:
+    """PotentialError (or LevelError naming the level file) unless the inputs fit the method."""
+    present = ", ".join(sorted(data)) or "none"
+    if method not in METHODS:
+        raise PotentialError(f"method {method!r}: one of {', '.join(METHODS)}")
+    if target not in data:
+        raise PotentialError(f"target level {target!r}: no frames at it (levels here: {present})")
+    if method == "direct":
+        return {}
+    if baseline is None:
+        raise PotentialError(f"method {method} needs a baseline level (--baseline)")
+    if baseline == target:
+        raise PotentialError(f"baseline level {baseline!r} is the target level itself")
+    if baseline not in data:
+        raise PotentialError(f"baseline level {baseline!r}: no frames at it (levels: {present})")
+    if method != "delta":
+        return {}
+    if baseline_level is None:
+        raise PotentialError(
+            "method delta computes the baseline at every MD step: give its level file "
+            "(--baseline FILE), not only its name"
+        )
+    level = load_level(baseline_level)
+    digest = level.digest()
+    labeled = data[baseline].digest
+    if labeled is not None and labeled != digest:
+        raise LevelError(
+            f"{baseline_level}: the baseline's frames were labeled with settings {labeled}, "
+            f"this file gives {digest}: its settings changed since (relabel, or use that file)"
+        )
+    level.check_elements({s for f in data[target].list() for s in f.get_chemical_symbols()})
+    level_calculator(level)  # refuses a level that cannot run in this process
+    return {"level_file": Path(baseline_level), "digest": digest}
+
+
+def per_element_energies(frames: Sequence[Atoms]) -> dict[str, float]:
+    """Energy per atom of each element (eV) fitted by least squares to the frames' energies
+    (the minimum-norm solution where compositions do not separate the elements)."""
+    species = sorted({s for f in frames for s in f.get_chemical_symbols()})
+    counts = np.array([[f.get_chemical_symbols().count(s) for s in species] for f in frames])
+    energies = np.array([labels(f)["energy"] for f in frames])
+    solution = np.linalg.lstsq(counts.astype(float), energies, rcond=None)[0]
+    return {s: float(e) for s, e in zip(species, solution, strict=True)}
+
+
+def _offsets(high: LevelFrames, low: LevelFrames) -> dict[str, float]:
+    """The target's per-element energy references relative to the baseline's."""
+    a, b = per_element_energies(high.list()), per_element_energies(low.list())
+    missing = sorted(set(a) - set(b))
+    if missing:
+        raise MultiLevelError(
+            f"element(s) {', '.join(missing)} at level {high.name} but in no {low.name} frame: "
+            "the pretrained model cannot know them"
+        )
+    return {s: a[s] - b[s] for s in a}
+
+
+def _shifted(frame: Atoms, offsets: dict[str, float]) -> Atoms:
+    got = labels(frame)
+    shift = sum(offsets[s] for s in frame.get_chemical_symbols())
+    atoms = frame.copy()
+    info = dict(atoms.info)
+    atoms.info.clear()
+    return label(atoms, got["energy"] - shift, got.get("forces"), got.get("stress"), **info)
+
+
+# --------------------------------------------------------------------------------------------
+# using a potential
+
+
+def is_potential(path: Path) -> bool:
+    return (Path(path) / POTENTIAL_FILE).is_file()
+
+
+def _record(path: Path) -> dict[str, Any]:
+    record = read_json(Path(path) / POTENTIAL_FILE)
+    if not isinstance(record, dict) or record.get("method") not in METHODS:
+        raise PotentialError(f"{path / POTENTIAL_FILE}: not a potential record")
+    return record
+
+
+def load_potential(
+    path: Path, *, device: str = "auto", threads: int | None = None, cores: int | None = None
+) -> Any:
+    """One ASE calculator for a potential directory (the sum of its parts) or a NequIP model.
+    ``cores``: threads of an in-process baseline level (delta)."""
+    path = Path(path)
+    if not is_potential(path):
+        return load_calculator(path, device=device, threads=threads)
+    parts = [
+        (part["name"], _part_calculator(path, part, device, threads, cores))
+        for part in _record(path)["parts"]
+    ]
+    return parts[0][1] if len(parts) == 1 else SumCalculator(parts)
+
+
+def _part_calculator(
+    root: Path, part: dict[str, Any], device: str, threads: int | None, cores: int | None
+) -> Any:
+    kind = part.get("kind")
+    if kind == "nequip":
+        return load_calculator(root / part["path"], device=device, threads=threads)
+    if kind == "offsets":
+        return OffsetCalculator(part["energies"])
+    if kind == "level":
+        file = root / part["path"]
+        level = load_level(file)
+        if level.digest() != part["digest"]:
+            raise PotentialError(
+                f"{file}: the level file changed since the potential was trained "
+                f"(digest {level.digest()}, trained with {part['digest']})"
+            )
+        return level_calculator(level, cores)
+    raise PotentialError(f"{root / POTENTIAL_FILE}: part {part.get('name')!r}: kind {kind!r}?")
+
+
+def potential_species(path: Path) -> list[str]:
+    """The elements a potential (or model) covers: those of every NequIP part."""
+    path = Path(path)
+    if not is_potential(path):
+        return model_species(path)
+    covered: set[str] | None = None
+    for part in _record(path)["parts"]:
+        if part["kind"] == "nequip":
+            mine = set(model_species(path / part["path"]))
+            covered = mine if covered is None else covered & mine
+    return sorted(covered or ())
+
+
+def evaluate_potential(
+    path: Path, data: dict[str, LevelFrames], *, device: str = "auto", source: str | None = None
+) -> dict[str, Any]:
+    """Errors of a potential on the target-level frames in ``data`` (its ``total``), and of
+    each learned part on what it learned where ``data`` has those labels: the ML baseline on
+    the baseline frames, the delta model on target − baseline."""
+    path = Path(path)
+    record = _record(path)
+    target, baseline = record["target"], record.get("baseline")
+    if target not in data:
+        raise PotentialError(
+            f"{source or 'the frames'}: no frames at the target level {target!r} "
+            f"(levels: {', '.join(sorted(data)) or 'none'})"
+        )
+    species = potential_species(path)
+    result: dict[str, Any] = {
+        "method": record["method"],
+        "target": target,
+        "baseline": baseline,
+        "total": score(load_potential(path, device=device), data[target].list(),
+                       species=species, source=source, model=str(path)),
+        "parts": {},
+    }  # fmt: skip
+    for part in record["parts"]:
+        if part["kind"] != "nequip" or record["method"] in ("direct", "transfer"):
+            continue
+        if part["name"] == "baseline" and baseline in data:
+            frames = data[baseline].list()
+        elif part["name"] == "delta" and baseline in data:
+            try:
+                frames = delta_frames(data[target], data[baseline])
+            except MultiLevelError:
+                continue  # not every target frame has a baseline label here
+        else:
+            continue
+        calc = load_calculator(path / part["path"], device=device)
+        result["parts"][part["name"]] = score(calc, frames, source=source)
+    return result
