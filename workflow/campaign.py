@@ -396,13 +396,13 @@ class CampaignRun:
         start = self._start_of(g, i)
         walker_settings = settings.walker_settings(self.cfg)
         seed = self.cfg.seed * 1000 + g * 100 + i
-        compiled = self._compiled(model)
+        deployed = self._deployed(model)
         plumed = self.dir.root / self.cfg.material.plumed
         key = task_key(
             "walker",
             g,
             i,
-            file_digest(compiled),
+            file_digest(deployed),
             file_digest(start),
             dataclasses.asdict(walker_settings),
             seed,
@@ -421,7 +421,7 @@ class CampaignRun:
         return self.ex.submit(
             "md",
             tasks.explore,
-            str(compiled),
+            str(deployed),
             str(start),
             str(plumed),
             str(self.dir.walker_dir(g, i)),
@@ -498,6 +498,7 @@ class CampaignRun:
         write_frames(data, read_frames(self.dir.dataset))
         template = self.dir.root / self.cfg.material.nequip
         init = previous.package if warm and previous is not None else None
+        compile = settings.compile_models(self.cfg)
         key = task_key(
             "train",
             g,
@@ -505,6 +506,7 @@ class CampaignRun:
             file_digest(template),
             changes,
             file_digest(init) if init else None,
+            *(() if compile else ("eager",)),  # a compiled model's key is as before the choice
         )
         record = self.dir.record("train", key)
         if record is not None and record["status"] == STATUS_DONE:
@@ -525,6 +527,7 @@ class CampaignRun:
             settings=settings.train_settings(template, changes),
             init_from=str(init) if init else None,
             threads=self.ex.threads("train"),
+            compile=compile,
         )
         timed = self._wait_training(g, key, fut, out_dir)
         self._save_model(g, key, timed)
@@ -554,7 +557,7 @@ class CampaignRun:
             name: self.ex.submit(
                 "train",
                 tasks.score_model,
-                str(self._compiled(model)),
+                str(self._deployed(model)),
                 str(path),
                 threads=self.ex.threads("train"),
             )
@@ -601,10 +604,10 @@ class CampaignRun:
         model = timed.result
         self._clock.add("train", timed.interval)
         rel = {
-            name: str(Path(path).relative_to(self.dir.root))
+            name: None if path is None else str(Path(path).relative_to(self.dir.root))
             for name, path in (
                 ("package", model.package),
-                ("compiled", self._compiled(model)),
+                ("compiled", model.compiled),
                 ("directory", model.directory),
             )
         }
@@ -632,10 +635,9 @@ class CampaignRun:
         )
 
     @staticmethod
-    def _compiled(model: TrainedModel) -> Path:
-        if model.compiled is None:
-            raise CampaignError(f"{model.directory}: the model was not compiled")
-        return model.compiled
+    def _deployed(model: TrainedModel) -> Path:
+        """What the walkers run: the compiled model, or the eager package (training.compile)."""
+        return model.compiled if model.compiled is not None else model.package
 
     def _training_epoch(self, out_dir: Path) -> None:
         from hillwalker.engines.nequip import PROGRESS_NAME

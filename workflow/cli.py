@@ -103,7 +103,7 @@ def run(
     cdir = CampaignDir(directory)
     typer.echo(f"done: {len(models)} models (generations 0..{len(models) - 1})")
     typer.echo(f"  models:  {cdir.model_dir(0).parent.parent}/NNN/model/")
-    typer.echo(f"  last:    {models[-1].compiled}")
+    typer.echo(f"  last:    {models[-1].compiled or models[-1].package}")
     typer.echo(f"  dataset: {cdir.dataset}")
     typer.echo(f"  status:  hillwalker status {directory} [--json]   (log: {cdir.log})")
 

@@ -104,6 +104,13 @@ class Training(_Model):
         default_factory=dict,
         description="Extra NequIP settings (hillwalker TrainSettings fields, e.g. num_features).",
     )
+    compile: Literal["auto", True, False] = Field(
+        "auto",
+        description="AOTInductor-compile each model for the walkers (true), run them on the "
+        "eager package (false), or auto: compile when a generation's walker steps (count x "
+        "steps) reach 4000, where compiling pays on CPU (measured: MIL-53 MD 55 vs 23 steps/s, "
+        "compile 102 s on one core).",
+    )
 
     @field_validator("overrides")
     @classmethod

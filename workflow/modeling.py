@@ -43,15 +43,7 @@ def train_model(
     compile: bool = True,
 ) -> TrainedModel:
     """Train a model on the frames in ``data`` with the template ``config`` (default: MIL-53)."""
-    template = Path(config) if config is not None else default_template()
-    if not template.is_file():
-        raise ModelError(f"{template}: no such NequIP config file")
-    changes: dict[str, Any] = {}
-    if epochs is not None:
-        if epochs < 1:
-            raise ModelError(f"--epochs: must be at least 1, not {epochs}")
-        changes["epochs"] = epochs
-    settings = TrainSettings.from_template(template, **changes)
+    template, settings = _template_settings(config, epochs)
     return train(
         list(data),
         out_dir,
@@ -80,6 +72,19 @@ def train_levels(
 
     ``target`` and ``baseline`` are level names (``info["level"]`` of the frames) or level
     files (their name is the file's stem); ``delta`` needs the baseline's file."""
+    template, settings = _template_settings(config, epochs)
+    levels = read_levels(data)
+    baseline_name, baseline_file = _level_name(baseline)
+    return train_potential(
+        levels, out_dir, method=method, target=_level_name(target)[0], baseline=baseline_name,
+        baseline_level=baseline_file, template=template,
+        settings=settings, init_from=init,
+        device=device, compile=compile,
+    )  # fmt: skip
+
+
+def _template_settings(config: Path | None, epochs: int | None) -> tuple[Path, TrainSettings]:
+    """The NequIP template (default: MIL-53) and its settings with ``--epochs`` applied."""
     template = Path(config) if config is not None else default_template()
     if not template.is_file():
         raise ModelError(f"{template}: no such NequIP config file")
@@ -88,14 +93,7 @@ def train_levels(
         if epochs < 1:
             raise ModelError(f"--epochs: must be at least 1, not {epochs}")
         changes["epochs"] = epochs
-    levels = read_levels(data)
-    baseline_name, baseline_file = _level_name(baseline)
-    return train_potential(
-        levels, out_dir, method=method, target=_level_name(target)[0], baseline=baseline_name,
-        baseline_level=baseline_file, template=template,
-        settings=TrainSettings.from_template(template, **changes), init_from=init,
-        device=device, compile=compile,
-    )  # fmt: skip
+    return template, TrainSettings.from_template(template, **changes)
 
 
 def _level_name(level: str | None) -> tuple[str | None, Path | None]:

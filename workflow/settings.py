@@ -54,6 +54,20 @@ def training_changes(cfg: Campaign, generation: int, *, warm: bool) -> dict[str,
     }
 
 
+#: walker steps per generation (all walkers) from which compiling a model pays on CPU: compiled
+#: MIL-53 MD ran 55 steps/s, eager 23 (one thread), compiling took 102 s (one thread) — ~0.025 s
+#: saved per step (benchmarks/bench_nequip.py, 2026-12-02)
+COMPILE_FROM_STEPS = 4000
+
+
+def compile_models(cfg: Campaign) -> bool:
+    """Whether the campaign's models are AOTInductor-compiled for its walkers."""
+    choice = cfg.training.compile
+    if choice == "auto":
+        return cfg.walkers.count * cfg.walkers.steps >= COMPILE_FROM_STEPS
+    return bool(choice)
+
+
 def train_settings(template: Path, changes: dict[str, Any]) -> TrainSettings:
     """The template's knobs with the campaign's changes on top."""
     return TrainSettings.from_template(template, **changes)

@@ -59,7 +59,8 @@ def _generation(
     new = [s for s in sps if _generation_of(cdir, s) == g]
     return {
         "generation": g,
-        "model": str(cdir.root / model["compiled"]),
+        # what the walkers ran: the compiled model, or the package (training.compile: false)
+        "model": str(cdir.root / (model.get("compiled") or model["package"])),
         "package": str(cdir.root / model["package"]),
         "validation": model.get("metrics", {}),
         "single_points_done": sum(s["status"] == STATUS_DONE for s in new),

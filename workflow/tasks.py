@@ -78,8 +78,10 @@ def train_generation(
     init_from: str | None,
     threads: int,
     device: str = "auto",
+    compile: bool = True,
 ) -> Timed[TrainedModel]:
-    """Train (or warm-start) one generation's model with ``threads`` CPU threads."""
+    """Train (or warm-start) one generation's model with ``threads`` CPU threads; ``compile``:
+    AOTInductor-compile it for the walkers (else they run the eager package)."""
     from hillwalker.engines.nequip import train
 
     started = _mark_started(out_dir)
@@ -91,6 +93,7 @@ def train_generation(
         init_from=Path(init_from) if init_from else None,
         device=device,
         threads=threads,
+        compile=compile,
     )
     return Timed(model, started, time.time())
 

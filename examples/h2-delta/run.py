@@ -5,7 +5,7 @@ only; both are scored on the whole curve, 0.5-5 Å, against target energies they
 on. Direct learning has no data on the short-range wall; the delta model (HF + NequIP(FCI - HF))
 inherits the wall from HF.
 
-    python examples/h2-delta/run.py --out runs/h2-delta       # ~10 min on 2 cores
+    python examples/h2-delta/run.py --out runs/h2-delta       # 18 min on 2 busy cores
 
 Writes OUT/results.json (errors per region, the minimum's position and depth, the wall at
 0.5 Å, for the target, the baseline and both models) and OUT/h2-delta.png. Rerunning resumes:
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     data = read_levels([out / "train-target.extxyz", out / "train-baseline.extxyz"])
     template = Path(str(files("hillwalker.templates") / "alanine-dipeptide" / "nequip.yaml"))
     knobs = TrainSettings.from_template(
-        template, epochs=args.epochs, r_max=6.0, num_features=16, batch_size=4,
+        template, epochs=args.epochs, r_max=8.0, num_features=16, batch_size=4,
         learning_rate=0.01, validation_fraction=0.15, energy_weight=10.0,
     )  # fmt: skip
     energies: dict[str, np.ndarray] = {

@@ -103,23 +103,22 @@ def test_finite_difference_forces_of_an_energy_only_method(tmp_path: Path) -> No
     """CCSD has no analytic gradient here: with a step, its forces come by central differences;
     HF's differences equal HF's analytic forces; the digest of a level without the key is as
     before the key existed; the in-process calculator gives the same numbers."""
-    water = molecule("H2O")
-    water.positions[1] += [0.05, -0.03, 0.02]
+    h2 = Atoms("H2", positions=[[0.0, 0.0, 0.0], [0.1, 0.2, 0.9]])  # off-axis: 3 components
     hf = load_level(_level_file(tmp_path, "code: pyscf\nmethod: hf\nbasis: sto-3g\n"))
     assert isinstance(hf, PyscfLevel)
     assert hf.digest() == "043324420099672b"  # measured before finite_difference_step existed
-    analytic = compute(water, hf.run_settings()).forces
-    stepped = compute(water, {**hf.run_settings(), "finite_difference_step": 1e-3}).forces
+    analytic = compute(h2, hf.run_settings()).forces
+    stepped = compute(h2, {**hf.run_settings(), "finite_difference_step": 1e-3}).forces
     np.testing.assert_allclose(stepped, analytic, atol=2e-4)
     cc = load_level(_level_file(
         tmp_path, "code: pyscf\nmethod: ccsd\nbasis: sto-3g\nfinite_difference_step: 0.001\n",
         "cc.yaml",
     ))  # fmt: skip
     assert isinstance(cc, PyscfLevel) and cc.has_forces
-    forces = compute(water, cc.run_settings()).forces
+    forces = compute(h2, cc.run_settings()).forces
     assert forces is not None and np.abs(forces - analytic).max() > 1e-3  # correlation shows
     np.testing.assert_allclose(forces.sum(axis=0), 0.0, atol=1e-4)  # no net force
-    probe = water.copy()
+    probe = h2.copy()
     probe.calc = level_calculator(cc)
     np.testing.assert_allclose(probe.get_forces(), forces, atol=1e-9)
     with pytest.raises(LevelError, match="finite_difference_step: method hf has analytic"):

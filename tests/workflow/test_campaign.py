@@ -97,6 +97,7 @@ def test_two_generations_end_to_end(tmp_path):
         tmp_path / "c",
         stop={"generations": 3, "coverage_generations": 1, "coverage_tolerance": 1e9},
         evaluation={"test_sets": {"np-lp": "test.extxyz"}},
+        training={"compile": True},  # the compiled path end to end (auto: eager at 120 steps)
     )
     test_set = with_test_set(root)
     threads: dict[str, str] = {}

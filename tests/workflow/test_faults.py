@@ -175,6 +175,9 @@ def test_a_diverged_training_stops_the_run_and_the_fixed_campaign_goes_on(tmp_pa
     s = status(root)
     assert s["generations_done"] == 2 and s["state"] == "finished"
     assert s["failed_trainings"] == [] and s["stopped_by"] is None
+    # training.compile auto, 300 walker steps a generation: the walker ran the eager package
+    assert all(g["model"].endswith("model.nequip.zip") for g in s["generations"])
+    assert not list(root.glob("generations/*/model/*.nequip.pt2"))
     _assert_blow_up_reset_and_recorded(root, s)
 
 

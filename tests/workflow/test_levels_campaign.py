@@ -26,7 +26,7 @@ def test_a_generation_labeled_by_tblite_gfn2(tmp_path: Path) -> None:
     config["generation0"]["frames"] = 4
     config["walkers"].update({"count": 1, "steps": 40})
     config["training"].update(
-        {"epochs": 3, "warm_epochs": 2, "validation_fraction": 0.25,
+        {"epochs": 3, "warm_epochs": 2, "validation_fraction": 0.25, "compile": True,
          "overrides": {"num_features": 8, "batch_size": 2}}
     )  # fmt: skip
     config["stop"] = {"generations": 1}

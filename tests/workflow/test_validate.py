@@ -187,6 +187,11 @@ def _negative_temperature(c: Path) -> str:
     return r"campaign\.yaml: walkers\.temperature: Input should be greater than 0"
 
 
+def _compile_neither_bool_nor_auto(c: Path) -> str:
+    _edit(c / "campaign.yaml", "training:\n", "training:\n  compile: sometimes\n")
+    return r"campaign\.yaml: training\.compile: Input should be .auto., True or False"
+
+
 def _npt_for_a_molecule(c: Path) -> str:
     _edit(c / "campaign.yaml", "ensemble: nvt", "ensemble: npt")
     return r"campaign\.yaml: walkers\.ensemble: npt needs a periodic cell"
@@ -329,6 +334,7 @@ MIL53_BREAKERS: dict[str, Breaker] = {
         _nequip_key_removed,
         _nequip_knob_of_wrong_type,
         _npt_without_stress_training,
+        _compile_neither_bool_nor_auto,
     )
 }
 
