@@ -35,7 +35,8 @@ def test_a_generation_labeled_by_tblite_gfn2(tmp_path: Path) -> None:
     models = run_campaign(root)
 
     assert [m.directory.parent.name for m in models] == ["000", "001"]
-    # compiled (what the walker of generation 1 ran), without a stress output
+    # compiled (what the walker of generation 1 ran; training.compile: true, the one campaign
+    # test of the compiled path), without a stress output
     assert all(m.compiled is not None and m.compiled.is_file() for m in models)
     gen0 = read_frames(root / "generations/000/labeled.extxyz")
     assert len(gen0) == 4 and all(f.info["status"] == "done" for f in gen0)
