@@ -305,13 +305,14 @@ def evaluate_potential(
             f"{source or 'the frames'}: no frames at the target level {target!r} "
             f"(levels: {', '.join(sorted(data)) or 'none'})"
         )
-    species = potential_species(path)
+    calc = load_potential(path, device=device)
+    loaded = dict(calc.parts) if isinstance(calc, SumCalculator) else {}  # reused per part
     result: dict[str, Any] = {
         "method": record["method"],
         "target": target,
         "baseline": baseline,
-        "total": score(load_potential(path, device=device), data[target].list(),
-                       species=species, source=source, model=str(path)),
+        "total": score(calc, data[target].list(), species=potential_species(path),
+                       source=source, model=str(path)),
         "parts": {},
     }  # fmt: skip
     for part in record["parts"]:
@@ -326,6 +327,5 @@ def evaluate_potential(
                 continue  # not every target frame has a baseline label here
         else:
             continue
-        calc = load_calculator(path / part["path"], device=device)
-        result["parts"][part["name"]] = score(calc, frames, source=source)
+        result["parts"][part["name"]] = score(loaded[part["name"]], frames, source=source)
     return result
