@@ -27,6 +27,7 @@ __all__ = [
     "delta_frames",
     "frame_id",
     "frames_by_level",
+    "per_element_energies",
     "read_levels",
 ]
 
@@ -155,3 +156,13 @@ def delta_frames(target: LevelFrames, baseline: LevelFrames) -> list[Atoms]:
         info["level"] = f"{target.name}-{baseline.name}"
         delta.append(label(atoms, high["energy"] - low["energy"], forces, stress, **info))
     return delta
+
+
+def per_element_energies(frames: Sequence[Atoms]) -> dict[str, float]:
+    """Energy per atom of each element (eV) fitted by least squares to the frames' energies
+    (the minimum-norm solution where compositions do not separate the elements)."""
+    species = sorted({s for f in frames for s in f.get_chemical_symbols()})
+    counts = np.array([[f.get_chemical_symbols().count(s) for s in species] for f in frames])
+    energies = np.array([labels(f)["energy"] for f in frames])
+    solution = np.linalg.lstsq(counts.astype(float), energies, rcond=None)[0]
+    return {s: float(e) for s, e in zip(species, solution, strict=True)}

@@ -288,6 +288,63 @@ def train_command(
     typer.echo(describe_training(model))
 
 
+@app.command("pretrain")
+def pretrain_command(
+    data: Annotated[
+        list[Path],
+        typer.Argument(help="Labeled frames (extxyz) at two or more levels (level=NAME each)."),
+    ],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Model directory to write.")],
+    method: Annotated[
+        str, typer.Option("--method", help="reptile | joint (all levels pooled, the k=1 case).")
+    ] = "reptile",
+    k: Annotated[int, typer.Option("--k", help="Reptile: inner optimiser steps per level.")] = 10,
+    epsilon: Annotated[
+        float, typer.Option("--epsilon", help="Reptile: outer step size ε, in (0, 1].")
+    ] = 0.5,
+    epsilon_final: Annotated[
+        float, typer.Option("--epsilon-final", help="ε decays linearly towards this.")
+    ] = 0.0,
+    outer_steps: Annotated[
+        int, typer.Option("--outer-steps", help="Outer iterations (joint: optimiser steps).")
+    ] = 1000,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Override the template's batch_size.")
+    ] = None,
+    learning_rate: Annotated[
+        float | None, typer.Option("--learning-rate", help="Inner optimiser's learning rate.")
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option("--reference", help="Level whose energy references the model keeps."),
+    ] = None,
+    checkpoint_every: Annotated[
+        int, typer.Option("--checkpoint-every", help="Outer steps between checkpoints.")
+    ] = 50,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="NequIP hydra YAML (default: the MIL-53(Al) template)."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
+) -> None:
+    """Pretrain one NequIP model on frames at several levels of theory (Reptile or joint);
+    a killed run resumes from its checkpoint. Fine-tune it with train --init."""
+    from hillwalker.engines.dataset import DatasetError
+    from hillwalker.engines.nequip import ModelError
+    from hillwalker.pretraining import describe_pretraining, pretrain_levels
+
+    try:
+        model = pretrain_levels(
+            data, out, method=method, k=k, epsilon=epsilon, epsilon_final=epsilon_final,
+            outer_steps=outer_steps, batch_size=batch_size, learning_rate=learning_rate,
+            config=config, reference_level=reference, checkpoint_every=checkpoint_every,
+            device=device, echo=typer.echo,
+        )  # fmt: skip
+    except (ModelError, DatasetError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(describe_pretraining(model))
+
+
 @app.command("evaluate")
 def evaluate_command(
     model: Annotated[Path, typer.Argument(help="Model directory, .nequip.zip or .nequip.pt2.")],
