@@ -34,14 +34,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from ase import Atoms
 
 from hillwalker.engines.composite import OffsetCalculator, PotentialError, SumCalculator
 from hillwalker.engines.dataset import label, labels, write_frames
-from hillwalker.engines.files import atomic_write_json, atomic_write_text, read_json
+from hillwalker.engines.files import atomic_write_json, atomic_write_text, file_digest, read_json
 from hillwalker.engines.levels import LevelError, level_calculator, load_level
-from hillwalker.engines.multilevel import LevelFrames, MultiLevelError, delta_frames
+from hillwalker.engines.multilevel import (
+    LevelFrames,
+    MultiLevelError,
+    delta_frames,
+    per_element_energies,
+)
 from hillwalker.engines.nequip import (
     RECORD_NAME,
     TrainedModel,
@@ -50,7 +54,8 @@ from hillwalker.engines.nequip import (
     model_species,
     train,
 )
-from hillwalker.engines.nequip.deploy import score
+from hillwalker.engines.nequip.deploy import evaluate, score
+from hillwalker.engines.nequip.threads import torch_threads
 
 __all__ = [
     "METHODS",
@@ -59,7 +64,11 @@ __all__ = [
     "evaluate_potential",
     "is_potential",
     "load_potential",
+    "main_model",
     "per_element_energies",
+    "potential_digest",
+    "read_potential",
+    "score_frames",
     "train_potential",
 ]
 
@@ -106,7 +115,10 @@ def train_potential(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / POTENTIAL_FILE).unlink(missing_ok=True)  # written again last
 
-    def fit(part: str, frames: list[Atoms], init: Path | None = None, **changes: Any) -> None:
+    def fit(
+        part: str, frames: list[Atoms], init: Path | None = None, deployed: bool = True,
+        **changes: Any,
+    ) -> None:  # fmt: skip
         path = out_dir / "data" / f"{part}.extxyz"
         write_frames(path, frames)
         if init is None and init_from is not None and (init_from / part / RECORD_NAME).is_file():
@@ -114,7 +126,7 @@ def train_potential(
         models[part] = train(
             path, out_dir / part, template=template,
             settings=dataclasses.replace(settings, **changes), init_from=init,
-            device=device, compile=compile, threads=threads,
+            device=device, compile=compile and deployed, threads=threads,
         )  # fmt: skip
         parts.append({"name": part, "kind": "nequip", "path": part})
 
@@ -136,7 +148,7 @@ def train_potential(
         fit("delta", delta_frames(high, data[str(baseline)]))
     else:  # transfer
         low = data[str(baseline)]
-        fit("pretrain", low.list())
+        fit("pretrain", low.list(), deployed=False)  # a step, never run: not compiled
         parts.clear()  # the pretrained model is a step, not a part
         offsets = _offsets(high, low)
         shifted = [_shifted(f, offsets) for f in high.list()]
@@ -195,16 +207,6 @@ def _check(
     level.check_elements({s for f in data[target].list() for s in f.get_chemical_symbols()})
     level_calculator(level)  # refuses a level that cannot run in this process
     return {"level_file": Path(baseline_level), "digest": digest}
-
-
-def per_element_energies(frames: Sequence[Atoms]) -> dict[str, float]:
-    """Energy per atom of each element (eV) fitted by least squares to the frames' energies
-    (the minimum-norm solution where compositions do not separate the elements)."""
-    species = sorted({s for f in frames for s in f.get_chemical_symbols()})
-    counts = np.array([[f.get_chemical_symbols().count(s) for s in species] for f in frames])
-    energies = np.array([labels(f)["energy"] for f in frames])
-    solution = np.linalg.lstsq(counts.astype(float), energies, rcond=None)[0]
-    return {s: float(e) for s, e in zip(species, solution, strict=True)}
 
 
 def _offsets(high: LevelFrames, low: LevelFrames) -> dict[str, float]:
@@ -329,3 +331,63 @@ def evaluate_potential(
             continue
         result["parts"][part["name"]] = score(loaded[part["name"]], frames, source=source)
     return result
+
+
+def read_potential(path: Path) -> Potential:
+    """A finished potential directory as :func:`train_potential` returned it."""
+    path = Path(path)
+    record = _record(path)
+    models = {
+        part["name"]: TrainedModel.from_record(path / part["path"])
+        for part in record["parts"]
+        if part["kind"] == "nequip"
+    }
+    return Potential(
+        path, record["method"], record["target"], record.get("baseline"), record["parts"], models
+    )
+
+
+def main_model(potential: Potential) -> TrainedModel:
+    """The part whose validation errors speak for the potential: the model of the target (direct,
+    transfer) or of target - baseline (delta, hierarchical: the errors of the sum on the target
+    labels where the baseline is exact, i.e. delta)."""
+    for name in ("model", "delta"):
+        if name in potential.models:
+            return potential.models[name]
+    raise PotentialError(f"{potential.directory}: no learned part")
+
+
+def potential_digest(path: Path) -> str:
+    """The content hash of what a potential (or a model file) computes: its record and the
+    files of every part (each NequIP part's package, a baseline level file)."""
+    path = Path(path)
+    if not is_potential(path):
+        return file_digest(path if path.is_file() else TrainedModel.from_record(path).package)
+    import hashlib
+
+    h = hashlib.sha256((path / POTENTIAL_FILE).read_bytes())
+    for part in _record(path)["parts"]:
+        if part["kind"] == "nequip":
+            h.update(file_digest(TrainedModel.from_record(path / part["path"]).package).encode())
+        elif part["kind"] == "level":
+            h.update(file_digest(path / part["path"]).encode())
+    return h.hexdigest()
+
+
+def score_frames(
+    path: Path,
+    frames: Sequence[Atoms],
+    *,
+    device: str = "auto",
+    threads: int | None = None,
+    source: str | None = None,
+) -> dict[str, Any]:
+    """:func:`~hillwalker.engines.nequip.evaluate`'s errors of a model or a potential (the sum of
+    its parts) on labeled frames of its target level."""
+    path = Path(path)
+    if not is_potential(path):
+        return evaluate(path, frames, device=device, source=source, threads=threads)
+    with torch_threads(threads):
+        calc = load_potential(path, device=device, threads=threads, cores=threads)
+        return score(calc, frames, species=potential_species(path), source=source,
+                     model=str(path))  # fmt: skip

@@ -36,13 +36,14 @@ from hillwalker.engines.dataset import (
 )
 from hillwalker.engines.files import atomic_write_json, file_digest, read_json
 from hillwalker.state import CampaignDir, StateError, frame_digest, task_key
+from hillwalker.tasks import Timed
 from hillwalker.timings import GenerationClock
 
 if TYPE_CHECKING:
     from hillwalker.engines.levels import ReferenceLevel, SinglePointResult
     from hillwalker.engines.nequip import TrainedModel
+    from hillwalker.engines.potentials import Potential
     from hillwalker.engines.walkers import WalkerSegment
-    from hillwalker.tasks import Timed
 
 log = logging.getLogger("hillwalker.campaign")
 
@@ -91,6 +92,8 @@ class CampaignRun:
         self.on_progress = on_progress
         self.progress = Progress()
         self._level: ReferenceLevel | None = None
+        self.baseline: ReferenceLevel | None = None  # material.baseline, the cheaper level
+        self._target_quota: dict[int, int] = {}
         self._walker_keys: dict[tuple[int, int], tuple[str, Path]] = {}
         self._pending_labels: dict[str, tuple[Atoms, dict[str, Any]]] = {}
         self._label_keys: dict[cf.Future[Any], str] = {}
@@ -103,8 +106,18 @@ class CampaignRun:
         """Run (or resume) the campaign on a started ``Execution``; returns every model."""
         from hillwalker.engines.levels import load_level
 
+        symbols = set(self.start_structure().get_chemical_symbols())
         self._level = load_level(self.dir.root / self.cfg.material.level)
-        self._level.check_elements(set(self.start_structure().get_chemical_symbols()))
+        self._level.check_elements(symbols)
+        if self.cfg.material.baseline is not None:
+            self.baseline = load_level(self.dir.root / self.cfg.material.baseline)
+            self.baseline.check_elements(symbols)
+            if self.baseline.name == self._level.name:
+                raise CampaignError(
+                    f"{self.dir.root / 'campaign.yaml'}: material.baseline: its level name "
+                    f"{self.baseline.name!r} is material.level's too; labels of the two levels "
+                    "would be mixed (rename one level file)"
+                )
         self.ex = execution
         models = [self.generation_zero()]
         for g in range(1, self.cfg.stop.generations + 1):
@@ -136,8 +149,15 @@ class CampaignRun:
         )
         write_frames(self.dir.generation(0) / "frames.extxyz", frames)
         self._report(stage="labeling")
-        labels = {i: self._label(frame, generation=0, index=i) for i, frame in enumerate(frames)}
-        self._collect(0, self._wait_labels(labels))
+        chosen = frames[: self._target_count(0)]
+        labels = {i: self._label(frame, generation=0, index=i) for i, frame in enumerate(chosen)}
+        base: dict[Any, Label] = {}
+        if self.baseline is not None:  # the cheap level labels every frame
+            base = {
+                i: self._label(frame, generation=0, index=i, level=self.baseline)
+                for i, frame in enumerate(frames)
+            }
+        self._collect(0, self._wait_labels(labels), self._wait_labels(base))
         return self._train(0, previous=None)
 
     def generation(self, g: int, model: TrainedModel) -> TrainedModel:
@@ -148,11 +168,11 @@ class CampaignRun:
         self._begin_generation(g)
         self._report(generation=g, stage="exploring", walkers_done=0, walkers_total=w.count)
         self.dir.bias.mkdir(parents=True, exist_ok=True)
-        segments, labels = self._explore_all(g, model)
+        segments, labels, base = self._explore_all(g, model)
         self._report(walkers_done=len(segments), stage="labeling")
-        labeled = self._wait_labels(labels)
-        self._collect(g, labeled)
-        self._update_walker_states(g, segments, labeled)
+        labeled, base_labeled = self._wait_labels(labels), self._wait_labels(base)
+        self._collect(g, labeled, base_labeled)
+        self._update_walker_states(g, segments, labeled, base_labeled)
         if w.bias != "none":
             snapshot_hills(self.dir.bias, self.dir.generation(g) / "hills")
         return self._train(g, previous=model)
@@ -169,6 +189,11 @@ class CampaignRun:
         spent = len(self.dir.records("single_point"))
         if stop.max_single_points is not None and spent >= stop.max_single_points:
             return f"single-point budget spent ({spent} ≥ {stop.max_single_points})"
+        budget = self.cfg.labeling.target_budget
+        if self.baseline is not None and budget is not None:
+            spent = self._target_spent(g + 1)
+            if spent >= budget:
+                return f"target-level budget spent ({spent} ≥ labeling.target_budget {budget})"
         if stop.target_force_rmse is not None:
             where = f"test set {stop.target_set}" if stop.target_set else "validation"
             errors = (
@@ -200,11 +225,44 @@ class CampaignRun:
             raise RuntimeError("the level of theory is loaded by run()")
         return self._level
 
+    def _target_spent(self, g: int) -> int:
+        """Target-level single points recorded for generations before ``g``."""
+        return sum(
+            r.get("level", self.level.name) == self.level.name and (r.get("generation") or 0) < g
+            for r in self.dir.records("single_point")
+        )
+
+    def _target_count(self, g: int) -> int:
+        """How many of generation g's frames get a target label (the first ones: generation 0's
+        perturbed frames, the walkers' final frames): all without a baseline; else as
+        labeling.target_* allow. Counted from the generations before g only, so a resumed run
+        chooses as the uninterrupted one did."""
+        if g not in self._target_quota:
+            cfg, count = self.cfg, self.cfg.walkers.count if g else self.cfg.generation0.frames
+            if self.baseline is not None:
+                wanted = (
+                    cfg.generation0.target_frames if g == 0 else cfg.labeling.target_per_generation
+                )
+                count = min(count, wanted or count)
+                if cfg.labeling.target_budget is not None:
+                    count = min(count, max(0, cfg.labeling.target_budget - self._target_spent(g)))
+            self._target_quota[g] = count
+        return self._target_quota[g]
+
     def _label(
-        self, frame: Atoms, *, generation: int, index: int, walker: int | None = None
+        self,
+        frame: Atoms,
+        *,
+        generation: int,
+        index: int,
+        walker: int | None = None,
+        level: ReferenceLevel | None = None,
+        snapshot: int | None = None,
     ) -> Label:
-        """Submit a single point unless its record says it is finished (done or failed)."""
-        key = task_key("single_point", frame_digest(frame), self.level.digest())
+        """Submit a single point at ``level`` (default: material.level) unless its record says
+        it is finished (done or failed). Records are keyed by (frame, level)."""
+        level = level or self.level
+        key = task_key("single_point", frame_digest(frame), level.digest())
         self.progress.single_points_total += 1
         record = self.dir.record("single_point", key)
         if record is not None:
@@ -213,12 +271,13 @@ class CampaignRun:
         provenance = {
             "generation": generation,
             "walker": walker,
-            "level": self.level.name,
+            "level": level.name,
             "task_id": f"sp-{key}",
             "index": index,
+            **({} if snapshot is None else {"snapshot": snapshot}),
         }
         self._pending_labels[key] = (frame, provenance)
-        adopted = self._adopt_label(key)
+        adopted = self._adopt_label(key, level)
         if adopted is not None:
             return adopted
         options = settings.single_point_options(
@@ -228,7 +287,7 @@ class CampaignRun:
             "dft",
             tasks.label_frame,
             frame,
-            str(self.dir.root / self.cfg.material.level),
+            str(level.path),
             str(self.dir.task_dir("single_point", key)),
             options,
         )
@@ -247,7 +306,7 @@ class CampaignRun:
                 f"unreadable ({exc}). Delete the record and run again: that single point is redone."
             ) from None
 
-    def _adopt_label(self, key: str) -> Atoms | None:
+    def _adopt_label(self, key: str, level: ReferenceLevel) -> Atoms | None:
         """A labeled frame from a finished single point that a killed run did not record.
 
         The engine writes its result file last and atomically, in the task directory named by
@@ -257,7 +316,7 @@ class CampaignRun:
         from hillwalker.engines.levels import SinglePointResult
 
         sp = SinglePointResult.read(self.dir.task_dir("single_point", key))
-        if sp is None or sp.status != STATUS_DONE or sp.level_digest != self.level.digest():
+        if sp is None or sp.status != STATUS_DONE or sp.level_digest != level.digest():
             return None
         labeled = self._record_label(key, sp, (sp.workdir.stat().st_mtime,) * 2)
         log.info("%s: finished before the last run stopped; adopted", _where(labeled))
@@ -289,6 +348,7 @@ class CampaignRun:
                 "corrections": [c["name"] for c in sp.corrections],
                 "result": str(result.relative_to(self.dir.root)),
                 "generation": labeled.info.get("generation"),
+                "level": labeled.info.get("level"),
                 "interval": list(interval),
                 "code_seconds": float(sp.code_seconds),
                 "seconds": float(sp.wall_seconds),
@@ -310,7 +370,7 @@ class CampaignRun:
             names = ", ".join(c["name"] for c in sp.corrections)
             log.info("%s: single point retried: %s", where, names)
 
-    def _wait_labels(self, labels: dict[int, Label]) -> dict[int, Atoms]:
+    def _wait_labels(self, labels: dict[Any, Label]) -> dict[Any, Atoms]:
         out = {i: f for i, f in labels.items() if isinstance(f, Atoms)}
         pending = {f: i for i, f in labels.items() if isinstance(f, cf.Future)}
         self._count_labels(out)
@@ -326,7 +386,7 @@ class CampaignRun:
         self._count_labels(out)
         return dict(sorted(out.items()))
 
-    def _count_labels(self, out: dict[int, Atoms]) -> None:
+    def _count_labels(self, out: dict[Any, Atoms]) -> None:
         # records of all generations, plus results whose record a callback is still writing
         status = {r["key"]: r["status"] for r in self.dir.records("single_point")}
         for frame in out.values():
@@ -338,9 +398,13 @@ class CampaignRun:
             single_points_failed=sum(s == STATUS_FAILED for s in status.values()),
         )
 
-    def _collect(self, g: int, labeled: dict[int, Atoms]) -> None:
-        """The generation's new frames, then the whole dataset, rebuilt in loop order."""
-        write_frames(self.dir.generation(g) / "labeled.extxyz", list(labeled.values()))
+    def _collect(
+        self, g: int, labeled: dict[int, Atoms], base: dict[Any, Atoms] | None = None
+    ) -> None:
+        """The generation's new frames (target labels, then baseline labels, each in loop
+        order), then the whole dataset, rebuilt in loop order."""
+        new = list(labeled.values()) + list((base or {}).values())
+        write_frames(self.dir.generation(g) / "labeled.extxyz", new)
         done: list[Atoms] = []
         failed: list[Atoms] = []
         for n in range(g + 1):
@@ -352,7 +416,7 @@ class CampaignRun:
         log.info(
             "generation %d: %d new frames, dataset %d frames, %d failed in all",
             g,
-            sum(f.info.get("status") == STATUS_DONE for f in labeled.values()),
+            sum(f.info.get("status") == STATUS_DONE for f in new),
             len(done),
             len(failed),
         )
@@ -360,10 +424,13 @@ class CampaignRun:
     # ---- walkers -----------------------------------------------------------------------------
     def _explore_all(
         self, g: int, model: TrainedModel
-    ) -> tuple[dict[int, WalkerSegment], dict[int, Label]]:
-        """Every walker's segment; single points start as soon as a walker's frame arrives."""
+    ) -> tuple[dict[int, WalkerSegment], dict[int, Label], dict[Any, Label]]:
+        """Every walker's segment; single points start as soon as a walker's frame arrives.
+        Returns the segments, the target-level labels (by walker) and the baseline labels (by
+        (walker, snapshot); the final frame is snapshot -1)."""
         segments: dict[int, WalkerSegment] = {}
         labels: dict[int, Label] = {}
+        base: dict[Any, Label] = {}
         running: dict[cf.Future[Any], int] = {}
         for i in range(self.cfg.walkers.count):
             found = self._explore(g, i, model)
@@ -371,16 +438,75 @@ class CampaignRun:
                 running[found] = i
             else:
                 segments[i] = found
-                labels[i] = self._label(_to_label(found), generation=g, index=i, walker=i)
+                self._label_segment(g, i, found, labels, base)
         pending = set(running)
         while pending:
             finished, pending = cf.wait(pending, timeout=1.0, return_when=cf.FIRST_COMPLETED)
             for fut in finished:
                 i = running[fut]
                 segments[i] = self._record_walker(g, i, fut)
-                labels[i] = self._label(_to_label(segments[i]), generation=g, index=i, walker=i)
+                self._label_segment(g, i, segments[i], labels, base)
             self._report(walkers_done=len(segments), walker_steps=self._walker_steps(g))
-        return segments, labels
+        return segments, labels, base
+
+    def _label_segment(
+        self,
+        g: int,
+        i: int,
+        segment: WalkerSegment,
+        labels: dict[int, Label],
+        base: dict[Any, Label],
+    ) -> None:
+        """Submit a walker segment's single points: its final frame at the target level (for
+        the first walkers the target quota allows), and with a baseline, its snapshots and
+        final frame at the baseline level."""
+        frame = _to_label(segment)
+        if i < self._target_count(g):
+            labels[i] = self._label(frame, generation=g, index=i, walker=i)
+        if self.baseline is None:
+            return
+        for s, snap in enumerate(self._snapshots(g, i)):
+            base[(i, s)] = self._label(
+                snap, generation=g, index=i, walker=i, level=self.baseline, snapshot=s
+            )
+        base[(i, -1)] = self._label(frame, generation=g, index=i, walker=i, level=self.baseline)
+
+    def _snapshots(self, g: int, i: int) -> list[Atoms]:
+        """The frames along walker i's segment of generation g labeled at the baseline (as its
+        record keeps them: read back from the file, so a resumed run sees the same frames)."""
+        key, _ = self._walker_keys[(g, i)]
+        record = self.dir.record("walker", key) or {}
+        path = record.get("snapshots")
+        return read_frames(self.dir.root / path) if path else []
+
+    def _save_snapshots(self, g: int, i: int, key: str) -> str | None:
+        """labeling.baseline_snapshots frames of the segment's trajectory (steps stride,
+        2 stride, ...; not its start) as bare geometries in the walker's task directory."""
+        from hillwalker.engines.walkers import TRAJECTORY_NAME
+
+        n = self.cfg.labeling.baseline_snapshots
+        if self.baseline is None or n == 0:
+            return None
+        try:
+            import ase.io
+
+            found = ase.io.read(self.dir.walker_dir(g, i) / TRAJECTORY_NAME, index=f"1:{n + 1}")
+        except Exception as exc:  # a segment that died at its start has no trajectory
+            log.warning("generation %d walker %d: no trajectory snapshots (%s)", g, i, exc)
+            found = []
+        frames = [
+            Atoms(
+                numbers=a.numbers,
+                positions=a.positions,
+                cell=a.cell,
+                pbc=a.pbc,
+                info={"generation": g, "walker": i},
+            )
+            for a in (found if isinstance(found, list) else [found])
+        ]
+        path = self.dir.task_dir("walker", key) / "snapshots.extxyz"
+        write_frames(path, frames)
+        return str(path.relative_to(self.dir.root))
 
     def _start_of(self, g: int, i: int) -> Path:
         """Where walker i starts generation g: its last good state (or the start structure)."""
@@ -390,6 +516,7 @@ class CampaignRun:
 
     def _explore(self, g: int, i: int, model: TrainedModel) -> WalkerSegment | cf.Future[Any]:
         """The walker's recorded segment, or a segment submitted to run."""
+        from hillwalker.engines.potentials import potential_digest
         from hillwalker.engines.walkers import Walker
 
         w = self.cfg.walkers
@@ -402,7 +529,7 @@ class CampaignRun:
             "walker",
             g,
             i,
-            file_digest(deployed),
+            potential_digest(deployed),
             file_digest(start),
             dataclasses.asdict(walker_settings),
             seed,
@@ -451,6 +578,7 @@ class CampaignRun:
             "final": str(final_path.relative_to(self.dir.root)),
             "failed": str(failed_path.relative_to(self.dir.root)) if failed_path else None,
             "cv": segment.final.info.get("cv"),
+            "snapshots": self._save_snapshots(g, i, key),
             "interval": list(timed.interval),
             "seconds": timed.seconds,
         }
@@ -459,13 +587,21 @@ class CampaignRun:
         return segment
 
     def _update_walker_states(
-        self, g: int, segments: dict[int, WalkerSegment], labeled: dict[int, Atoms]
+        self,
+        g: int,
+        segments: dict[int, WalkerSegment],
+        labeled: dict[int, Atoms],
+        base: dict[Any, Atoms],
     ) -> None:
-        """A walker whose frame was labeled goes on from its state; otherwise from its start."""
+        """A walker whose frame was labeled (at every level that labeled it) goes on from its
+        state; otherwise from its start."""
         states = {}
         for i, segment in segments.items():
             _, start = self._walker_keys[(g, i)]
-            good = segment.status == STATUS_DONE and labeled[i].info.get("status") == STATUS_DONE
+            finals = [f for f in (labeled.get(i), base.get((i, -1))) if f is not None]
+            good = segment.status == STATUS_DONE and all(
+                f.info.get("status") == STATUS_DONE for f in finals
+            )
             states[str(i)] = str(segment.state_path) if good else str(start)
         atomic_write_json(self.dir.walker_states(g), states)
 
@@ -492,6 +628,8 @@ class CampaignRun:
 
     # ---- training ----------------------------------------------------------------------------
     def _train(self, g: int, previous: TrainedModel | None) -> TrainedModel:
+        if self.baseline is not None:
+            return self._train_levels(g, previous)
         warm = previous is not None and self.cfg.training.mode == "warm"
         changes = settings.training_changes(self.cfg, g, warm=warm)
         data = self.dir.generation(g) / "train.extxyz"
@@ -540,6 +678,89 @@ class CampaignRun:
         )
         return timed.result
 
+    def _train_levels(self, g: int, previous: TrainedModel | None) -> TrainedModel:
+        """Generation g's potential from the labels at both levels (training.method), each
+        NequIP part warm-started from the previous generation's namesake (training.mode)."""
+        from hillwalker.engines.potentials import potential_digest
+
+        assert self.baseline is not None
+        t = self.cfg.training
+        warm = previous is not None and t.mode == "warm"
+        changes = settings.training_changes(self.cfg, g, warm=warm)
+        data = self.dir.generation(g) / "train.extxyz"
+        write_frames(data, self._training_frames())
+        template = self.dir.root / self.cfg.material.nequip
+        baseline_file = self.dir.root / str(self.cfg.material.baseline)
+        init = previous.directory if warm and previous is not None else None
+        compile = settings.compile_models(self.cfg)
+        key = task_key(
+            "train-levels",
+            g,
+            t.method,
+            self.level.name,
+            self.baseline.name,
+            file_digest(data),
+            file_digest(template),
+            file_digest(baseline_file),
+            changes,
+            potential_digest(init) if init else None,
+            compile,
+        )
+        record = self.dir.record("train", key)
+        if record is not None and record["status"] == STATUS_DONE:
+            from hillwalker.engines.potentials import read_potential
+
+            self.progress.skipped += 1
+            model = _as_model(read_potential(self.dir.root / record["directory"]))
+            self._score(g, key, model)
+            return model
+        out_dir = self.dir.model_dir(g)
+        self._report(stage="training", epoch=0, max_epochs=changes["epochs"])
+        fut = self.ex.submit(
+            "train",
+            tasks.train_levels_generation,
+            str(data),
+            str(out_dir),
+            method=t.method,
+            target=self.level.name,
+            baseline=self.baseline.name,
+            baseline_level=str(baseline_file),
+            template=str(template),
+            settings=settings.train_settings(template, changes),
+            init_from=str(init) if init else None,
+            threads=self.ex.threads("train"),
+            compile=compile,
+        )
+        timed = self._wait_training(g, key, fut, out_dir)
+        model = _as_model(timed.result)
+        self._save_model(g, key, Timed(model, timed.started, timed.finished))
+        self._score(g, key, model)
+        self._clock.write(
+            self.dir.timings(g),
+            g,
+            cores=getattr(self.ex, "cores", 1) or 1,
+            resumed=self.progress.skipped > self._skipped_before,
+        )
+        return model
+
+    def _training_frames(self) -> list[Atoms]:
+        """The dataset to train on; with a delta part (delta, hierarchical), the target frames
+        whose baseline label failed are left out (their difference is unknown)."""
+        from hillwalker.engines.multilevel import frame_id
+
+        frames = read_frames(self.dir.dataset)
+        if self.cfg.training.method not in ("delta", "hierarchical") or self.baseline is None:
+            return frames
+        name = self.baseline.name
+        known = {frame_id(f) for f in frames if f.info.get("level") == name}
+        kept = [f for f in frames if f.info.get("level") == name or frame_id(f) in known]
+        if len(kept) < len(frames):
+            log.warning(
+                "%d target frame(s) without a baseline label left out of the delta training",
+                len(frames) - len(kept),
+            )
+        return kept
+
     def _score(self, g: int, key: str, model: TrainedModel) -> None:
         """The model's errors on every test set, recorded with its training (computed once per
         test-set file: a record that has them for the same file is left as it is)."""
@@ -560,6 +781,7 @@ class CampaignRun:
                 str(self._deployed(model)),
                 str(path),
                 threads=self.ex.threads("train"),
+                level=None if self.baseline is None else self.level.name,
             )
             for name, path in todo.items()
         }
@@ -642,7 +864,12 @@ class CampaignRun:
     def _training_epoch(self, out_dir: Path) -> None:
         from hillwalker.engines.nequip import PROGRESS_NAME
 
-        data = read_json(out_dir / PROGRESS_NAME)
+        # a potential's parts train one after another, each in its own directory
+        found = [out_dir / PROGRESS_NAME, *out_dir.glob(f"*/{PROGRESS_NAME}")]
+        found = [p for p in found if p.is_file()]
+        if not found:
+            return
+        data = read_json(max(found, key=lambda p: p.stat().st_mtime))
         if data is not None:
             self._report(epoch=data.get("epoch"), max_epochs=data.get("max_epochs"))
 
@@ -668,6 +895,23 @@ class CampaignRun:
         atomic_write_json(self.dir.run_state, self.progress.as_dict())
         if self.on_progress is not None:
             self.on_progress(self.progress)
+
+
+def _as_model(potential: Potential) -> TrainedModel:
+    """A generation's potential as the loop passes models around: its directory stands for the
+    package (what the walkers load: ``load_potential`` takes either), with the validation
+    metrics of its main learned part (``main_model``) and the method."""
+    from hillwalker.engines.nequip import TrainedModel
+    from hillwalker.engines.potentials import POTENTIAL_FILE, main_model
+
+    main = main_model(potential)
+    return TrainedModel(
+        directory=potential.directory,
+        package=potential.directory,
+        compiled=None,
+        record=potential.directory / POTENTIAL_FILE,
+        metrics={**main.metrics, "method": potential.method, "part": main.directory.name},
+    )
 
 
 def _to_label(segment: WalkerSegment) -> Atoms:

@@ -45,7 +45,16 @@ class Material(_Model):
     structure: str = Field(
         description="Start structure (CIF or extxyz), relative to the campaign dir."
     )
-    level: str = Field(description="CP2K input file of the level of theory used for every label.")
+    level: str = Field(
+        description="Level of theory of every label (the target level where there is a "
+        "baseline): a CP2K input (*.inp) or a level file (*.yaml: tblite, PySCF)."
+    )
+    baseline: str | None = Field(
+        None,
+        description="A cheaper level of theory (level file) that labels every frame the "
+        "campaign makes, while the level above labels only a chosen few (labeling.target_*); "
+        "training.method says how the two are learned.",
+    )
     plumed: str = Field(description="PLUMED input (PLUMED units: nm, ps, kJ/mol); CVs and METAD.")
     nequip: str = Field(
         description="NequIP hydra config template (YAML) for every generation's model."
@@ -62,6 +71,12 @@ class Generation0(_Model):
         ge=0,
         lt=0.5,
         description="Max. amplitude of the random symmetric cell strain (fraction).",
+    )
+    target_frames: int | None = Field(
+        None,
+        gt=0,
+        description="With a baseline: how many of the frames (the first ones) are labeled at "
+        "the target level too (default: all); the baseline labels every frame.",
     )
 
 
@@ -87,6 +102,14 @@ class Walkers(_Model):
 
 
 class Training(_Model):
+    method: Literal["direct", "delta", "hierarchical", "transfer"] = Field(
+        "direct",
+        description="How a campaign with material.baseline learns its levels: direct (one "
+        "model of the target level), delta (the baseline level computed at every MD step + a "
+        "model of target - baseline; needs a baseline that runs in-process: tblite, PySCF), "
+        "hierarchical (a model of the baseline + a model of target - baseline), transfer "
+        "(pretrain on the baseline, fine-tune on the target). See docs/multifidelity.md.",
+    )
     mode: Literal["scratch", "warm"] = Field(
         "warm",
         description="Train each generation from scratch or warm-start from the previous model.",
@@ -186,6 +209,25 @@ class Safety(_Model):
 
 class Labeling(_Model):
     timeout: float = Field(1800.0, gt=0, description="Wall-time limit of one CP2K run, s.")
+    baseline_snapshots: int = Field(
+        4,
+        ge=0,
+        description="With a baseline: frames taken evenly along each walker segment and "
+        "labeled at the baseline level, besides the segment's final frame.",
+    )
+    target_per_generation: int | None = Field(
+        None,
+        gt=0,
+        description="With a baseline: walkers whose final frame is labeled at the target level "
+        "each generation (the first ones; default: every walker).",
+    )
+    target_budget: int | None = Field(
+        None,
+        gt=0,
+        description="With a baseline: target-level single points in all, generation 0 "
+        "included; a generation labels at most what is left of it, and the campaign stops "
+        "once it is spent.",
+    )
 
 
 class Campaign(_Model):
@@ -218,6 +260,39 @@ class Campaign(_Model):
             known = ", ".join(sorted(self.evaluation.test_sets)) or "none"
             raise ValueError(
                 f"stop.target_set: {target!r} is not an evaluation.test_sets entry (known: {known})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _levels_fit_the_method(self) -> Campaign:
+        baseline = self.material.baseline
+        if baseline is None:
+            if self.training.method != "direct":
+                raise ValueError(
+                    f"training.method: {self.training.method} learns on top of a cheaper level: "
+                    "name it in material.baseline (a level file)"
+                )
+            needs = [
+                name
+                for name, value in (
+                    ("generation0.target_frames", self.generation0.target_frames),
+                    ("labeling.target_per_generation", self.labeling.target_per_generation),
+                    ("labeling.target_budget", self.labeling.target_budget),
+                )
+                if value is not None
+            ]
+            if needs:
+                raise ValueError(
+                    f"{needs[0]}: needs material.baseline (without one every frame is labeled "
+                    "at material.level; stop.max_single_points limits them)"
+                )
+        elif Path(baseline) == Path(self.material.level):
+            raise ValueError(f"material.baseline: {baseline} is material.level itself")
+        target_frames = self.generation0.target_frames
+        if target_frames is not None and target_frames > self.generation0.frames:
+            raise ValueError(
+                f"generation0.target_frames: {target_frames} is more than "
+                f"generation0.frames ({self.generation0.frames})"
             )
         return self
 

@@ -80,6 +80,7 @@ def print_status(report: dict[str, Any]) -> None:
     console.print(
         f"single points: {sp['done']} done, {sp['failed']} failed ({failed})"
         + (f"; retries: {retries}" if retries else "")
+        + (f"; by level: {_counts(sp['by_level'])}" if len(sp.get("by_level", {})) > 1 else "")
     )
     table = Table("gen", "new frames", "failed", "force RMSE meV/Å", "energy meV/atom", "model")
     for g in report["generations"]:

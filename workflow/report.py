@@ -136,16 +136,25 @@ def generation_timings(data: CampaignData) -> dict[int, dict[str, Any]]:
 
 def parity_points(data: CampaignData) -> dict[str, Any] | None:
     """Reference and predicted energy/atom, forces, stress of the latest model (≤100 frames)."""
+    from hillwalker.engines.composite import PotentialError
     from hillwalker.engines.dataset import STATUS_FAILED, DatasetError, labels, read_frames
+    from hillwalker.engines.levels import LevelError
     from hillwalker.engines.nequip import ModelError, load_calculator
+    from hillwalker.engines.potentials import is_potential, load_potential, read_potential
 
     latest = data.status["generations"][-1]
+    model = Path(latest["model"])
     try:
         frames = [
             f for f in read_frames(data.cdir.dataset) if f.info.get("status") != STATUS_FAILED
         ]
-        calc = load_calculator(Path(latest["model"]).parent)
-    except (DatasetError, ModelError, OSError):
+        if is_potential(model):  # a campaign with two levels: the sum, on the target's frames
+            target = read_potential(model).target
+            frames = [f for f in frames if f.info.get("level", target) == target]
+            calc = load_potential(model)
+        else:
+            calc = load_calculator(model.parent)
+    except (DatasetError, ModelError, PotentialError, LevelError, OSError):
         return None
     step = max(1, -(-len(frames) // PARITY_FRAMES))
     points: dict[str, Any] = {"generation": latest["generation"], "n_frames": 0}

@@ -27,7 +27,16 @@ def walker_settings(cfg: Campaign) -> WalkerSettings:
         max_force=s.max_force,
         min_distance=s.min_distance,
         max_temperature=s.max_temperature,
+        trajectory_stride=snapshot_stride(cfg),
     )
+
+
+def snapshot_stride(cfg: Campaign) -> int:
+    """Every how many steps a walker writes its trajectory: its frames 1..n (steps stride, 2
+    stride, ..., before the end) are the segment's ``labeling.baseline_snapshots`` labeled at the
+    baseline level (0: no trajectory; a campaign without a baseline writes none)."""
+    n = cfg.labeling.baseline_snapshots if cfg.material.baseline else 0
+    return max(1, cfg.walkers.steps // (n + 1)) if n else 0
 
 
 def single_point_options(

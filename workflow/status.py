@@ -80,6 +80,8 @@ def _single_points(sps: list[dict[str, Any]]) -> dict[str, Any]:
         "retries": dict(
             sorted(Counter(name for s in sps for name in s.get("corrections") or []).items())
         ),
+        # single points by level of theory (a campaign with a baseline has two)
+        "by_level": dict(sorted(Counter(s.get("level") or "unknown" for s in sps).items())),
     }
 
 

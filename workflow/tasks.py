@@ -24,6 +24,7 @@ from hillwalker.engines.files import atomic_write_json
 if TYPE_CHECKING:
     from hillwalker.engines.levels import RunOptions, SinglePointResult
     from hillwalker.engines.nequip import TrainedModel, TrainSettings
+    from hillwalker.engines.potentials import Potential
     from hillwalker.engines.walkers import Walker, WalkerSegment, WalkerSettings
 
 T = TypeVar("T")
@@ -98,6 +99,36 @@ def train_generation(
     return Timed(model, started, time.time())
 
 
+def train_levels_generation(
+    data: str,
+    out_dir: str,
+    *,
+    method: str,
+    target: str,
+    baseline: str,
+    baseline_level: str,
+    template: str,
+    settings: TrainSettings,
+    init_from: str | None,
+    threads: int,
+    device: str = "auto",
+    compile: bool = True,
+) -> Timed[Potential]:
+    """Train one generation's potential on frames labeled at two levels (``training.method``),
+    each NequIP part warm-started from its namesake in ``init_from`` when given."""
+    from hillwalker.engines.multilevel import read_levels
+    from hillwalker.engines.potentials import train_potential
+
+    started = _mark_started(out_dir)
+    potential = train_potential(
+        read_levels([data]), Path(out_dir), method=method, target=target, baseline=baseline,
+        baseline_level=Path(baseline_level), template=Path(template), settings=settings,
+        init_from=Path(init_from) if init_from else None, device=device, compile=compile,
+        threads=threads,
+    )  # fmt: skip
+    return Timed(potential, started, time.time())
+
+
 def explore(
     model: str,
     start: str,
@@ -110,10 +141,11 @@ def explore(
     last_safe: str | None,
     threads: int = 1,
 ) -> Timed[WalkerSegment]:
-    """One walker's MD segment with the current model and the (shared) bias."""
+    """One walker's MD segment with the current model (or potential: the sum of its parts, an
+    in-process baseline level included) and the (shared) bias."""
     import ase.io
 
-    from hillwalker.engines.nequip import load_calculator
+    from hillwalker.engines.potentials import load_potential
     from hillwalker.engines.walkers import run_segment
 
     started = _mark_started(workdir)
@@ -121,7 +153,7 @@ def explore(
     safe = ase.io.read(last_safe, index=-1) if last_safe else None
     segment = run_segment(
         Path(start),
-        load_calculator(Path(model), threads=threads),
+        load_potential(Path(model), threads=threads, cores=threads),
         Path(plumed_input),
         Path(workdir),
         walker,
@@ -133,11 +165,17 @@ def explore(
     return Timed(segment, started, time.time())
 
 
-def score_model(model: str, frames: str, *, threads: int) -> Timed[dict[str, Any]]:
-    """Errors of a model on labeled frames (the keys of ``hillwalker evaluate --json``)."""
+def score_model(
+    model: str, frames: str, *, threads: int, level: str | None = None
+) -> Timed[dict[str, Any]]:
+    """Errors of a model or potential on labeled frames (the keys of ``hillwalker evaluate
+    --json``); ``level``: only the frames labeled at that level (or naming none)."""
     from hillwalker.engines.dataset import read_frames
-    from hillwalker.engines.nequip import evaluate
+    from hillwalker.engines.potentials import score_frames
 
     started = time.time()
-    errors = evaluate(Path(model), read_frames(frames), source=frames, threads=threads)
+    found = read_frames(frames)
+    if level is not None:
+        found = [f for f in found if f.info.get("level", level) == level]
+    errors = score_frames(Path(model), found, source=frames, threads=threads)
     return Timed(errors, started, time.time())

@@ -120,6 +120,8 @@ def validate_campaign(directory: str | Path, site: str | Path | None = None) -> 
         _check_cross(root, campaign, atoms, report)
     if material.get("level"):
         _check_level(root / material["level"], atoms, report)
+    if material.get("baseline"):
+        _check_baseline(root, material, campaign, atoms, report)
     if material.get("plumed"):
         _check_plumed(root / material["plumed"], atoms, campaign, root, report)
     if material.get("nequip"):
@@ -239,6 +241,38 @@ def _check_level(path: Path, atoms: Atoms | None, report: ValidationReport) -> N
     except LevelError as exc:
         report.problems.append(str(exc))
     except ImportError as exc:  # the level's code's Python side (cp2k-input-tools) is missing
+        report.unavailable.append(f"{path}: level check unavailable ({exc})")
+
+
+def _check_baseline(
+    root: Path,
+    material: dict[str, str],
+    campaign: Campaign | None,
+    atoms: Atoms | None,
+    report: ValidationReport,
+) -> None:
+    """The baseline level loads and covers the structure; its name differs from the target's;
+    a delta baseline runs in the walker's process."""
+    path = root / material["baseline"]
+    before = len(report.problems)
+    _check_level(path, atoms, report)
+    if len(report.problems) > before or not path.is_file():
+        return
+    from hillwalker.engines.levels import LevelError, level_calculator, load_level
+
+    try:
+        baseline = load_level(path)
+        target = root / material.get("level", "")
+        if target.is_file() and load_level(target).name == baseline.name:
+            report.problems.append(
+                f"{path}: material.baseline: its level name {baseline.name!r} is the name of "
+                "material.level too; labels of the two levels would be mixed (rename one file)"
+            )
+        if campaign is not None and campaign.training.method == "delta":
+            level_calculator(baseline, 1)
+    except LevelError as exc:
+        report.problems.append(f"material.baseline: {exc}")
+    except ImportError as exc:
         report.unavailable.append(f"{path}: level check unavailable ({exc})")
 
 

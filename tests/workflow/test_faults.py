@@ -115,6 +115,7 @@ def test_failed_single_points_are_retried_per_the_ladder_recorded_and_the_campai
         "failed": 2,
         "failed_by_class": {"crash": 1, "timeout": 1},
         "retries": {"more_scf_steps": 1, "rerun_after_crash": 2},
+        "by_level": {"xtb": 4},
     }
     human = subprocess.run([HILLWALKER, "status", str(root)], capture_output=True, text=True)
     assert "retries: more_scf_steps 1, rerun_after_crash 2" in " ".join(human.stdout.split())

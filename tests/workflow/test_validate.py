@@ -78,6 +78,13 @@ def test_mil53_validates_and_prints_the_start_volume(tmp_path: Path) -> None:
     assert "ok:" in out
 
 
+def test_the_multifidelity_example_validates() -> None:
+    # two levels (PBE-D3 in CP2K, GFN1-xTB in tblite) and every labeling knob, as shipped
+    example = Path(__file__).parents[2] / "examples" / "mil53-multifidelity"
+    code, out = _validate(example)
+    assert code == 0 and "ok:" in out, out
+
+
 def test_alanine_validates_and_prints_the_torsions(tmp_path: Path) -> None:
     campaign = _new(tmp_path, "alanine-dipeptide")
     code, out = _validate(campaign)
@@ -190,6 +197,29 @@ def _negative_temperature(c: Path) -> str:
 def _compile_neither_bool_nor_auto(c: Path) -> str:
     _edit(c / "campaign.yaml", "training:\n", "training:\n  compile: sometimes\n")
     return r"campaign\.yaml: training\.compile: Input should be .auto., True or False"
+
+
+def _method_without_baseline(c: Path) -> str:
+    _edit(c / "campaign.yaml", "training:\n", "training:\n  method: hierarchical\n")
+    return r"campaign\.yaml: .*training\.method: hierarchical learns on top of a cheaper level"
+
+
+def _baseline_is_the_level(c: Path) -> str:
+    _edit(c / "campaign.yaml", "material:\n", "material:\n  baseline: levels/xtb.inp\n")
+    return r"campaign\.yaml: .*material\.baseline: levels/xtb\.inp is material\.level itself"
+
+
+def _target_budget_without_baseline(c: Path) -> str:
+    _edit(c / "campaign.yaml", "labeling:\n", "labeling:\n  target_budget: 10\n")
+    return r"campaign\.yaml: .*labeling\.target_budget: needs material\.baseline"
+
+
+def _delta_baseline_runs_as_a_program(c: Path) -> str:
+    # CP2K GFN1-xTB as the baseline of a PBE-D3 target is fine for hierarchical, not for delta
+    _edit(c / "campaign.yaml", "material:\n", "material:\n  baseline: levels/xtb.inp\n")
+    _edit(c / "campaign.yaml", "  level: levels/xtb.inp ", "  level: levels/pbe-d3.inp ")
+    _edit(c / "campaign.yaml", "training:\n", "training:\n  method: delta\n")
+    return r"material\.baseline: .*levels/xtb\.inp: code: cp2k runs as a separate program"
 
 
 def _npt_for_a_molecule(c: Path) -> str:
@@ -335,6 +365,10 @@ MIL53_BREAKERS: dict[str, Breaker] = {
         _nequip_knob_of_wrong_type,
         _npt_without_stress_training,
         _compile_neither_bool_nor_auto,
+        _method_without_baseline,
+        _baseline_is_the_level,
+        _target_budget_without_baseline,
+        _delta_baseline_runs_as_a_program,
     )
 }
 
