@@ -12,6 +12,7 @@ from hillwalker.state import CampaignDir
 #: settings that the existing data or bias depend on: changing them needs ``--force``
 UNSAFE_CHANGES = {
     "level": "the level of theory of the existing labels",
+    "baseline": "the level of theory of the existing baseline labels",
     "structure": "the start structure of generation 0",
     "plumed": "the collective variables of the kept bias",
     "generation0": "the frames of generation 0",
@@ -29,9 +30,11 @@ def check_changes(cdir: CampaignDir, cfg: Campaign, *, force: bool = False) -> l
     m = cfg.material
     now = {
         "level": file_digest(root / m.level),
+        "baseline": file_digest(root / m.baseline) if m.baseline else None,
         "structure": file_digest(root / m.structure),
         "plumed": file_digest(root / m.plumed),
-        "generation0": cfg.generation0.model_dump(),
+        # unset options (None) left out: a run recorded before an option existed compares equal
+        "generation0": cfg.generation0.model_dump(exclude_none=True),
         "seed": cfg.seed,
         "config": cfg.model_dump(),
     }
@@ -60,9 +63,17 @@ def check_changes(cdir: CampaignDir, cfg: Campaign, *, force: bool = False) -> l
         notes = [f"forced: {u}" for u in unsafe]
         old, new = before.get("config", {}), now["config"]
         for section in sorted(set(old) | set(new)):
-            if old.get(section) != new.get(section) and section not in UNSAFE_CHANGES:
+            if _set(old.get(section)) != _set(new.get(section)) and section not in UNSAFE_CHANGES:
                 notes.append(
                     f"applied change in {section}: {old.get(section)} -> {new.get(section)}"
                 )
     atomic_write_json(path, now)
     return notes
+
+
+def _set(section: object) -> object:
+    """A config section without its unset (None) options, so that an option added to the
+    schema since the last run is no change."""
+    if isinstance(section, dict):
+        return {k: v for k, v in section.items() if v is not None}
+    return section

@@ -103,7 +103,9 @@ def _smoke_dir(root: Path, cfg: Campaign) -> Path:
     """
     smoke = CampaignDir(root).smoke
     data = smoke_config(cfg).model_dump()
-    data["material"] = {k: str((root / v).resolve()) for k, v in data["material"].items()}
+    data["material"] = {
+        k: str((root / v).resolve()) for k, v in data["material"].items() if v is not None
+    }
     smoke.mkdir(parents=True, exist_ok=True)
     atomic_write_text(smoke / "campaign.yaml", yaml.safe_dump(data, sort_keys=False))
     return smoke

@@ -49,7 +49,7 @@ def material_outside(root: Path, material: dict[str, str]) -> list[str]:
         "(an absolute path, '..' or '~'): the campaign reads it but is not self-contained; copy "
         "the file into the directory to share or move the campaign"
         for key, value in material.items()
-        if _leaves(value, root)
+        if value is not None and _leaves(value, root)
     ]
 
 
