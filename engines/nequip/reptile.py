@@ -70,11 +70,9 @@ from hillwalker.engines.nequip.model_files import (
     ModelError,
     read_json,
 )
-from hillwalker.engines.nequip.settings import TEMPLATE_KEYS, TrainSettings
+from hillwalker.engines.nequip.settings import TrainSettings, run_overrides
 from hillwalker.engines.nequip.template import (
     default_template,
-    hydra_str,
-    hydra_value,
     read_template,
     without_stress,
 )
@@ -493,18 +491,8 @@ def _write_inputs(
         write_frames(data / f"level-{level.index}-val.extxyz", level.val)
     write_frames(data / "train.extxyz", [f for level in levels for f in level.train])
     write_frames(data / "val.extxyz", [f for level in levels for f in level.val])
-    values = dataclasses.asdict(settings)
-    values["accelerator"] = "cpu"  # no Lightning trainer runs; the device is set by hand
-    overrides = [f"{key}={hydra_value(values[name])}" for name, key in TEMPLATE_KEYS.items()]
-    overrides += [
-        "model_type_names=[" + ",".join(hydra_str(s) for s in shifts) + "]",
-        f"train_file={hydra_str(str(data / 'train.extxyz'))}",
-        f"val_file={hydra_str(str(data / 'val.extxyz'))}",
-        "per_type_energy_shifts={"
-        + ",".join(f"{s}:{hydra_value(v)}" for s, v in shifts.items())
-        + "}",
-        f"progress_file={hydra_str(str(out_dir / PROGRESS_NAME))}",
-    ]
+    # no Lightning trainer runs: the accelerator is unused, the device is set by hand
+    overrides = run_overrides(settings, "cpu", list(shifts), data, shifts, out_dir / PROGRESS_NAME)
     if not stress:
         overrides += without_stress(config, template)
     return overrides

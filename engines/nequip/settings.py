@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hillwalker.engines.nequip.model_files import ModelError
-from hillwalker.engines.nequip.template import default_template, read_template
+from hillwalker.engines.nequip.template import (
+    default_template,
+    hydra_str,
+    hydra_value,
+    read_template,
+)
 
 #: TrainSettings field -> top-level key of the template YAML
 TEMPLATE_KEYS = {
@@ -87,3 +93,26 @@ class TrainSettings:
             problems.append("accelerator must be auto, cpu, gpu or cuda")
         if problems:
             raise ModelError("training settings: " + "; ".join(problems))
+
+
+def run_overrides(
+    settings: TrainSettings,
+    accelerator: str,
+    species: list[str],
+    data_dir: Path,
+    shifts: dict[str, float],
+    progress_file: Path,
+) -> list[str]:
+    """The hydra overrides every run of a template gets: hillwalker's knobs, the model's type
+    names and per-type energy shifts, ``data_dir``'s train/val files, the progress file."""
+    values = {**dataclasses.asdict(settings), "accelerator": accelerator}
+    return [
+        *(f"{key}={hydra_value(values[name])}" for name, key in TEMPLATE_KEYS.items()),
+        "model_type_names=[" + ",".join(hydra_str(s) for s in species) + "]",
+        f"train_file={hydra_str(str(data_dir / 'train.extxyz'))}",
+        f"val_file={hydra_str(str(data_dir / 'val.extxyz'))}",
+        "per_type_energy_shifts={"
+        + ",".join(f"{s}:{hydra_value(v)}" for s, v in shifts.items())
+        + "}",
+        f"progress_file={hydra_str(str(progress_file))}",
+    ]

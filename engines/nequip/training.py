@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import os
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from ase import Atoms
 from hillwalker.engines.dataset import write_frames
 from hillwalker.engines.files import atomic_write_json, atomic_write_text, file_digest
 from hillwalker.engines.nequip.callback import diverged_epoch
-from hillwalker.engines.nequip.commands import run_logged, tool
+from hillwalker.engines.nequip.commands import run_logged
 from hillwalker.engines.nequip.data import (
     energy_shifts,
     forces_in_validation,
@@ -64,14 +65,17 @@ from hillwalker.engines.nequip.model_files import (
     read_json,
     write_progress,
 )
-from hillwalker.engines.nequip.settings import TEMPLATE_KEYS, TrainSettings
+from hillwalker.engines.nequip.settings import TrainSettings, run_overrides
 from hillwalker.engines.nequip.template import (
     default_template,
     hydra_str,
-    hydra_value,
     read_template,
     without_stress,
 )
+from hillwalker.engines.nequip.train_and_package import DONE_NAME
+
+#: where the training's own process leaves the package it made (``train_and_package``)
+STAGED_DIR = ".staged"
 
 
 @dataclass
@@ -248,10 +252,21 @@ def _prepare_run_dir(plan: _Plan) -> bool:
 
 
 def _run_training(plan: _Plan, resume: bool, threads: int | None) -> float:
-    """Run nequip-train (to its end or its divergence); returns its wall time in seconds."""
+    """Run nequip-train (to its end or its divergence), and package the checkpoint to deploy in
+    the same process (``train_and_package``: one start-up of torch and nequip, not two); returns
+    the wall time in seconds."""
     run_dir = plan.out_dir / "train"
+    staged = plan.out_dir / STAGED_DIR
+    shutil.rmtree(staged, ignore_errors=True)
     command = [
-        tool("nequip-train"),
+        sys.executable,
+        "-m",
+        "hillwalker.engines.nequip.train_and_package",
+        "--package",
+        str(_checkpoint(plan)),
+        str(staged / PACKAGE_NAME),
+        "--",
+        "nequip-train",
         "--config-path",
         str(plan.out_dir),
         "--config-name",
@@ -284,10 +299,32 @@ def _finished_training(plan: _Plan) -> tuple[list[dict[str, Any]], Path]:
             f"validation force RMSE {diverged.get('val_forces_rmse')} eV/Å (learning_rate "
             f"{settings.learning_rate}). Lower learning_rate and train again; no model was made."
         )
-    ckpt = out_dir / "train" / ("best.ckpt" if settings.checkpoint == "best" else "last.ckpt")
+    ckpt = _checkpoint(plan)
     if not ckpt.is_file():
         raise ModelError(f"{out_dir / 'train.log'}: nequip-train wrote no {ckpt.name}")
     return history, ckpt
+
+
+def _checkpoint(plan: _Plan) -> Path:
+    """The checkpoint a finished training deploys (settings.checkpoint: best or last)."""
+    name = "best.ckpt" if plan.settings.checkpoint == "best" else "last.ckpt"
+    return plan.out_dir / "train" / name
+
+
+def _staged_package(plan: _Plan, checkpoint: Path) -> tuple[Path, float] | None:
+    """The package made right after training, if it is complete and of ``checkpoint`` as it
+    is now; moved into place."""
+    staged = plan.out_dir / STAGED_DIR
+    done = read_json(staged / DONE_NAME)
+    package = staged / PACKAGE_NAME
+    if (
+        done.get("checkpoint") != str(checkpoint)
+        or done.get("checkpoint_mtime_ns") != checkpoint.stat().st_mtime_ns
+        or not package.is_file()
+    ):
+        return None
+    package.replace(plan.out_dir / PACKAGE_NAME)
+    return plan.out_dir / PACKAGE_NAME, float(done.get("seconds", 0.0))
 
 
 def _deploy(
@@ -301,9 +338,14 @@ def _deploy(
     """Package the checkpoint and (if asked) compile it; their wall times go into ``seconds``."""
     out_dir, epochs = plan.out_dir, plan.settings.epochs
     write_progress(out_dir, stage="packaging", max_epochs=epochs, history=history)
-    t0 = time.perf_counter()
-    package = package_checkpoint(checkpoint, out_dir / PACKAGE_NAME, threads=threads)
-    seconds["package"] = time.perf_counter() - t0
+    staged = _staged_package(plan, checkpoint)
+    if staged is not None:  # packaged by the training's own process
+        package, seconds["package"] = staged
+    else:  # e.g. a run resumed after a kill between training and packaging
+        t0 = time.perf_counter()
+        package = package_checkpoint(checkpoint, out_dir / PACKAGE_NAME, threads=threads)
+        seconds["package"] = time.perf_counter() - t0
+    shutil.rmtree(out_dir / STAGED_DIR, ignore_errors=True)
 
     compiled: Path | None = None
     seconds["compile"] = 0.0
@@ -372,18 +414,10 @@ def _overrides(
     device: str,
 ) -> list[str]:
     """nequip-train's command-line overrides: the knobs, the data, the species, a warm start."""
-    values = dataclasses.asdict(settings)
-    values["accelerator"] = _accelerator(settings.accelerator, device)
-    overrides = [f"{key}={hydra_value(values[name])}" for name, key in TEMPLATE_KEYS.items()]
-    overrides += [
-        "model_type_names=[" + ",".join(hydra_str(s) for s in species) + "]",
-        f"train_file={hydra_str(str(out_dir / 'data' / 'train.extxyz'))}",
-        f"val_file={hydra_str(str(out_dir / 'data' / 'val.extxyz'))}",
-        "per_type_energy_shifts={"
-        + ",".join(f"{s}:{hydra_value(v)}" for s, v in shifts.items())
-        + "}",
-        f"progress_file={hydra_str(str(out_dir / PROGRESS_NAME))}",
-    ]
+    accelerator = _accelerator(settings.accelerator, device)
+    overrides = run_overrides(
+        settings, accelerator, species, out_dir / "data", shifts, out_dir / PROGRESS_NAME
+    )
     if stress_mode == "some":
         overrides += [
             "++training_module.loss.ignore_nan={stress:true}",
