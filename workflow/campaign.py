@@ -630,6 +630,8 @@ class CampaignRun:
     def _train(self, g: int, previous: TrainedModel | None) -> TrainedModel:
         if self.baseline is not None:
             return self._train_levels(g, previous)
+        from hillwalker.engines.nequip import TrainedModel
+
         warm = previous is not None and self.cfg.training.mode == "warm"
         changes = settings.training_changes(self.cfg, g, warm=warm)
         data = self.dir.generation(g) / "train.extxyz"
@@ -646,45 +648,29 @@ class CampaignRun:
             file_digest(init) if init else None,
             *(() if compile else ("eager",)),  # a compiled model's key is as before the choice
         )
-        record = self.dir.record("train", key)
-        if record is not None and record["status"] == STATUS_DONE:
-            from hillwalker.engines.nequip import TrainedModel
 
-            self.progress.skipped += 1
-            model = TrainedModel.from_record(self.dir.root / record["directory"])
-            self._score(g, key, model)
-            return model
-        out_dir = self.dir.model_dir(g)
-        self._report(stage="training", epoch=0, max_epochs=changes["epochs"])
-        fut = self.ex.submit(
-            "train",
-            tasks.train_generation,
-            str(data),
-            str(out_dir),
-            template=str(template),
-            settings=settings.train_settings(template, changes),
-            init_from=str(init) if init else None,
-            threads=self.ex.threads("train"),
-            compile=compile,
-        )
-        timed = self._wait_training(g, key, fut, out_dir)
-        self._save_model(g, key, timed)
-        self._score(g, key, timed.result)
-        self._clock.write(
-            self.dir.timings(g),
-            g,
-            cores=getattr(self.ex, "cores", 1) or 1,
-            resumed=self.progress.skipped > self._skipped_before,
-        )
-        return timed.result
+        def submit(out_dir: Path) -> cf.Future[Any]:
+            return self.ex.submit(
+                "train",
+                tasks.train_generation,
+                str(data),
+                str(out_dir),
+                template=str(template),
+                settings=settings.train_settings(template, changes),
+                init_from=str(init) if init else None,
+                threads=self.ex.threads("train"),
+                compile=compile,
+            )
+
+        return self._training(g, key, changes["epochs"], TrainedModel.from_record, submit)
 
     def _train_levels(self, g: int, previous: TrainedModel | None) -> TrainedModel:
         """Generation g's potential from the labels at both levels (training.method), each
         NequIP part warm-started from the previous generation's namesake (training.mode)."""
-        from hillwalker.engines.potentials import potential_digest
+        from hillwalker.engines.potentials import potential_digest, read_potential
 
         assert self.baseline is not None
-        t = self.cfg.training
+        t, baseline = self.cfg.training, self.baseline
         warm = previous is not None and t.mode == "warm"
         changes = settings.training_changes(self.cfg, g, warm=warm)
         data = self.dir.generation(g) / "train.extxyz"
@@ -698,7 +684,7 @@ class CampaignRun:
             g,
             t.method,
             self.level.name,
-            self.baseline.name,
+            baseline.name,
             file_digest(data),
             file_digest(template),
             file_digest(baseline_file),
@@ -706,33 +692,51 @@ class CampaignRun:
             potential_digest(init) if init else None,
             compile,
         )
+
+        def submit(out_dir: Path) -> cf.Future[Any]:
+            return self.ex.submit(
+                "train",
+                tasks.train_levels_generation,
+                str(data),
+                str(out_dir),
+                method=t.method,
+                target=self.level.name,
+                baseline=baseline.name,
+                baseline_level=str(baseline_file),
+                template=str(template),
+                settings=settings.train_settings(template, changes),
+                init_from=str(init) if init else None,
+                threads=self.ex.threads("train"),
+                compile=compile,
+            )
+
+        def load(directory: Path) -> TrainedModel:
+            return _as_model(read_potential(directory))
+
+        return self._training(g, key, changes["epochs"], load, submit, convert=_as_model)
+
+    def _training(
+        self,
+        g: int,
+        key: str,
+        epochs: int,
+        load: Callable[[Path], TrainedModel],
+        submit: Callable[[Path], cf.Future[Any]],
+        convert: Callable[[Any], TrainedModel] = lambda model: model,
+    ) -> TrainedModel:
+        """Generation g's recorded model (``load`` of its directory), or the training task
+        ``submit`` starts, waited for: its record saved, its test sets scored, the generation's
+        timings written."""
         record = self.dir.record("train", key)
         if record is not None and record["status"] == STATUS_DONE:
-            from hillwalker.engines.potentials import read_potential
-
             self.progress.skipped += 1
-            model = _as_model(read_potential(self.dir.root / record["directory"]))
+            model = load(self.dir.root / record["directory"])
             self._score(g, key, model)
             return model
         out_dir = self.dir.model_dir(g)
-        self._report(stage="training", epoch=0, max_epochs=changes["epochs"])
-        fut = self.ex.submit(
-            "train",
-            tasks.train_levels_generation,
-            str(data),
-            str(out_dir),
-            method=t.method,
-            target=self.level.name,
-            baseline=self.baseline.name,
-            baseline_level=str(baseline_file),
-            template=str(template),
-            settings=settings.train_settings(template, changes),
-            init_from=str(init) if init else None,
-            threads=self.ex.threads("train"),
-            compile=compile,
-        )
-        timed = self._wait_training(g, key, fut, out_dir)
-        model = _as_model(timed.result)
+        self._report(stage="training", epoch=0, max_epochs=epochs)
+        timed = self._wait_training(g, key, submit(out_dir), out_dir)
+        model = convert(timed.result)
         self._save_model(g, key, Timed(model, timed.started, timed.finished))
         self._score(g, key, model)
         self._clock.write(
