@@ -425,6 +425,74 @@ def label_command(
     )
 
 
+@app.command("testset")
+def testset_command(
+    directory: Annotated[Path, typer.Argument(help="Campaign directory.")],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Test set to write (extxyz), outside the campaign's dataset, models and bias.",
+        ),
+    ],
+    frames: Annotated[int, typer.Option("--frames", help="Frames in the test set.")] = 16,
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="Model or potential directory (default: the latest)."),
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="MD steps per segment (default: walkers.steps).")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option("--temperature", help="MD temperature, K (default: walkers').")
+    ] = None,
+    segments: Annotated[
+        int, typer.Option("--segments", help="MD segments, from starts spread over the CVs.")
+    ] = 4,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the MD.")] = 0,
+    level: Annotated[
+        Path | None,
+        typer.Option("--level", help="Level of theory (default: the campaign's material.level)."),
+    ] = None,
+    cores: Annotated[
+        int | None, typer.Option("--cores", min=1, help="Cores for labeling (default: all).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Make a test set for a campaign: short MD with its latest model under its bias as it
+    stands (the bias is copied, never added to), frames spread over the CVs, labeled at its
+    level, none with the geometry of a dataset frame."""
+    from hillwalker.state import StateError
+    from hillwalker.testsets import TestSetError, make_test_set, snippet
+
+    def segment_done(done: int, total: int, segment: object, found: int) -> None:
+        steps_done = getattr(segment, "steps_done", "?")
+        state = getattr(segment, "status", "?")
+        typer.echo(f"MD [{done}/{total}] {steps_done} steps ({state}): {found} frames", err=True)
+
+    def labeled(finished: int, total: int, index: int, frame: object) -> None:
+        info = getattr(frame, "info", {})
+        state = info.get("status", "?")
+        if state != "done":
+            state += f" ({info.get('failure')})"
+        typer.echo(
+            f"label [{finished:>{len(str(total))}}/{total}] frame {index}: {state}", err=True
+        )
+
+    try:
+        summary = make_test_set(
+            directory, output, frames=frames, model=model, steps=steps, temperature=temperature,
+            seed=seed, level=level, segments=segments, force=force, cores=cores,
+            on_segment=segment_done, on_frame=labeled,
+        )  # fmt: skip
+    except (TestSetError, StateError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo("\n".join(summary.lines()))
+    typer.echo(f"Score the campaign's models on it: add to {summary.campaign / 'campaign.yaml'}")
+    typer.echo(snippet(summary))
+
+
 @app.command()
 def report(
     directory: Annotated[Path, typer.Argument(help="Campaign directory.")],
