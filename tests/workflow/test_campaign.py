@@ -11,14 +11,17 @@ import threading
 import time
 from pathlib import Path
 
+import ase.io
+import numpy as np
 import pytest
 import yaml
 
 from hillwalker.engines.dataset import read_frames, write_frames
-from hillwalker.engines.plumed import read_hills
+from hillwalker.engines.plumed import bias_from_hills, read_hills
 from hillwalker.execution import machine_cores
 from hillwalker.material_templates import new_from_template
 from hillwalker.runner import run_campaign
+from hillwalker.state import reap_orphans
 
 HILLWALKER = str(Path(sys.executable).parent / "hillwalker")
 
@@ -88,22 +91,62 @@ def _training_threads(root: Path, seen: dict[str, str], stop: threading.Event) -
         stop.wait(0.5)
 
 
+def _walker_step(root: Path, g: int, i: int) -> int:
+    """The last MD step walker i of generation g logged (0 before its first line)."""
+    try:
+        lines = (root / f"generations/{g:03d}/walkers/w{i}/walker.log").read_text().splitlines()
+        return int([line for line in lines if line and not line.startswith("#")][-1].split()[0])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _mid_segment(root: Path, g: int, walkers: int, past: int) -> int | None:
+    """A walker of generation g whose segment has passed ``past`` steps and is not recorded."""
+    done = {r["walker"] for r in _walker_records(root) if r["generation"] == g}
+    for i in range(walkers):
+        if i not in done and _walker_step(root, g, i) >= past:
+            return i
+    return None
+
+
+def _walker_records(root: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in (root / ".hillwalker/tasks/walker").glob("*.json")]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # a whole 2-generation campaign; ~6 min on a quiet 2-core machine
 def test_two_generations_end_to_end(tmp_path):
     # three generations allowed, but the coverage rule (any growth below 1e9 x the range counts
-    # as none) stops the walk after generation 2: generation 2's walkers add to generation 1's
+    # as none) stops the walk after generation 2: generation 2's walkers add to generation 1's.
+    # Three walkers share one bias; a hill every 20 steps (PACE, here instead of the template's 50)
     root = make_campaign(
         tmp_path / "c",
+        walkers={"count": 3},
         stop={"generations": 3, "coverage_generations": 1, "coverage_tolerance": 1e9},
         evaluation={"test_sets": {"np-lp": "test.extxyz"}},
     )
     test_set = with_test_set(root)
+    plumed = (root / "plumed.dat").read_text()
+    (root / "plumed.dat").write_text(plumed.replace("PACE=50", "PACE=20"))
     threads: dict[str, str] = {}
     stop = threading.Event()
     watcher = threading.Thread(target=_training_threads, args=(root, threads, stop), daemon=True)
     watcher.start()
     try:
+        # kill -9 while a walker of generation 1 is past its first hill (step 20) and its
+        # segment not done: that hill must be rolled back and deposited once by the resumed run
+        proc = subprocess.Popen(
+            [HILLWALKER, "run", str(root)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 900
+        while (cut := _mid_segment(root, 1, 3, past=25)) is None:
+            assert proc.poll() is None and time.monotonic() < deadline, "no generation-1 MD"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert len(read_hills(root / f"bias/HILLS.{cut}")) >= 1
+        reap_orphans(root)  # the killed run's workers, as the next run would
         models = run_campaign(root)
     finally:
         stop.set()
@@ -118,12 +161,12 @@ def test_two_generations_end_to_end(tmp_path):
     sizes = []
     for g in range(3):
         new = read_frames(root / f"generations/{g:03d}/labeled.extxyz")
-        assert len(new) == (4 if g == 0 else 2)
+        assert len(new) == (4 if g == 0 else 3)
         assert all(f.info["generation"] == g for f in new)
         sizes.append(sum(f.info["status"] == "done" for f in new))
     # every single point succeeds: walkers of 60 steps of 0.5 fs stay near the start, where xTB
     # converges (a failed walker frame here means a walker or labeling bug, not chemistry)
-    assert sizes == [4, 2, 2], [f.info.get("failure") for f in read_frames(root / "failed.extxyz")]
+    assert sizes == [4, 3, 3], [f.info.get("failure") for f in read_frames(root / "failed.extxyz")]
     dataset = read_frames(root / "dataset.extxyz")
     assert len(dataset) == sum(sizes)
     assert [f.info["generation"] for f in dataset] == sorted(f.info["generation"] for f in dataset)
@@ -136,10 +179,42 @@ def test_two_generations_end_to_end(tmp_path):
         map(tuple, h2.centers.reshape(len(h2.heights), -1).round(8))
     )
 
+    # every walker deposits into the one bias: no hill lost or duplicated by the kill. A
+    # segment that ran to its end deposited at every step divisible by PACE (20) after its first
+    # (steps count on across generations); the hills file of each walker holds exactly what its
+    # recorded segments deposited, each hill once (a hill of the killed segment left in place
+    # would be one too many, at a time seen twice)
+    records = _walker_records(root)
+    assert len(records) == 6
+    for i in range(3):
+        mine = [r for r in records if r["walker"] == i]
+        for r in mine:
+            if r["status"] == "done":
+                steps = range(r["start_step"] + 1, r["end_step"] + 1)
+                assert r["hills_added"] == sum(s % 20 == 0 for s in steps) > 0, r
+        times = read_hills(root / f"bias/HILLS.{i}").times
+        assert len(times) == sum(r["hills_added"] for r in mine) > 0
+        assert len(np.unique(np.round(times, 9))) == len(times)
+    # and feels the others': at its restart in generation 2, each walker's bias is at least the
+    # sum of every walker's generation-1 hills at its start volume (more if a walker of its own
+    # generation deposited before it started: two MD workers, three walkers), far more than its
+    # own hills alone give, and at most the sum of every hill there is
+    hills = read_hills(root / "generations/001/hills")
+    final = read_hills(root / "bias")
+    states = json.loads((root / "generations/001/walkers.json").read_text())
+    for r in (r for r in records if r["generation"] == 2):
+        start = ase.io.read(states[str(r["walker"])], index=-1)  # where generation 2 restarts
+        volume = start.get_volume() / 1000  # nm³, PLUMED's VOLUME
+        every = float(bias_from_hills(hills, volume)[0])
+        alone = float(bias_from_hills(hills.select(hills.walkers == r["walker"]), volume)[0])
+        most = float(bias_from_hills(final, volume)[0])
+        assert every * (1 - 1e-4) <= r["bias_start"] <= most * (1 + 1e-4), (r, every, most)
+        assert every > 1.5 * alone
+
     # every generation's model exists and evaluates
     for m in models:
-        # training.compile auto: 2 walkers x 60 steps do not pay for compiling (the compiled
-        # path runs end to end in test_levels_campaign.py)
+        # training.compile auto: 3 walkers x 120 steps do not pay for compiling (the compiled
+        # model is checked in tests/engines/test_nequip.py: MD, package vs compiled)
         assert m.compiled is None and m.package.is_file()
     out = subprocess.run(
         [HILLWALKER, "evaluate", str(models[-1].package), str(root / "dataset.extxyz"), "--json"],
@@ -181,7 +256,7 @@ def test_two_generations_end_to_end(tmp_path):
     run_campaign(root, on_progress=lambda p: seen.append(p.skipped))
     after = sorted(p.name for p in (root / ".hillwalker/tasks/single_point").glob("*.json"))
     assert before == after
-    assert seen[-1] == 4 + 2 * 2 + 2 * 2 + 3  # single points + walkers + trainings
+    assert seen[-1] == 4 + 3 * 2 + 3 * 2 + 3  # single points + walkers + trainings
 
 
 def test_a_single_point_longer_than_the_block_is_refused_before_submitting(tmp_path):
