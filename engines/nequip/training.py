@@ -311,10 +311,10 @@ def _checkpoint(plan: _Plan) -> Path:
     return plan.out_dir / "train" / name
 
 
-def _staged_package(plan: _Plan, checkpoint: Path) -> tuple[Path, float] | None:
-    """The package made right after training, if it is complete and of ``checkpoint`` as it
-    is now; moved into place."""
-    staged = plan.out_dir / STAGED_DIR
+def staged_package(out_dir: Path, checkpoint: Path) -> tuple[Path, float] | None:
+    """(package, seconds it took) made in the training's own process, moved into place, if it
+    is complete (``done.json``) and of ``checkpoint`` as it is now; else None."""
+    staged = out_dir / STAGED_DIR
     done = read_json(staged / DONE_NAME)
     package = staged / PACKAGE_NAME
     if (
@@ -323,8 +323,8 @@ def _staged_package(plan: _Plan, checkpoint: Path) -> tuple[Path, float] | None:
         or not package.is_file()
     ):
         return None
-    package.replace(plan.out_dir / PACKAGE_NAME)
-    return plan.out_dir / PACKAGE_NAME, float(done.get("seconds", 0.0))
+    package.replace(out_dir / PACKAGE_NAME)
+    return out_dir / PACKAGE_NAME, float(done.get("seconds", 0.0))
 
 
 def _deploy(
@@ -338,7 +338,7 @@ def _deploy(
     """Package the checkpoint and (if asked) compile it; their wall times go into ``seconds``."""
     out_dir, epochs = plan.out_dir, plan.settings.epochs
     write_progress(out_dir, stage="packaging", max_epochs=epochs, history=history)
-    staged = _staged_package(plan, checkpoint)
+    staged = staged_package(out_dir, checkpoint)
     if staged is not None:  # packaged by the training's own process
         package, seconds["package"] = staged
     else:  # e.g. a run resumed after a kill between training and packaging

@@ -70,6 +70,34 @@ def test_finished_model_is_returned_not_retrained(mil53_model):
 
 
 @pytest.mark.slow
+def test_the_package_is_made_in_the_training_process_and_trusted_only_when_whole(
+    mil53_model, tmp_path
+):
+    from hillwalker.engines.nequip.model_files import PACKAGE_NAME
+    from hillwalker.engines.nequip.train_and_package import DONE_NAME
+    from hillwalker.engines.nequip.training import STAGED_DIR, staged_package
+
+    # the session model was packaged by nequip-train's own process (one start-up of torch and
+    # nequip, not two), and the staging folder is gone
+    log = (mil53_model.directory / "train.log").read_text()
+    assert f"Packaged model saved to {mil53_model.directory / STAGED_DIR}" in log
+    assert not (mil53_model.directory / STAGED_DIR).exists()
+    # a staged package is taken only with its done.json, for the checkpoint as it is now
+    ckpt = tmp_path / "train" / "best.ckpt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"weights")
+    staged = tmp_path / STAGED_DIR
+    staged.mkdir()
+    (staged / PACKAGE_NAME).write_bytes(b"package")
+    assert staged_package(tmp_path, ckpt) is None  # no done.json: packaging was cut short
+    done = {"checkpoint": str(ckpt), "checkpoint_mtime_ns": ckpt.stat().st_mtime_ns, "seconds": 1.5}
+    (staged / DONE_NAME).write_text(json.dumps({**done, "checkpoint_mtime_ns": 1}))
+    assert staged_package(tmp_path, ckpt) is None  # made from another state of the checkpoint
+    (staged / DONE_NAME).write_text(json.dumps(done))
+    assert staged_package(tmp_path, ckpt) == (tmp_path / PACKAGE_NAME, 1.5)
+    assert (tmp_path / PACKAGE_NAME).read_bytes() == b"package"
+
+
 def test_compiled_model_and_package_agree(mil53_model, mil53_held_out_frames):
     atoms = mil53_held_out_frames[0].copy()
     results = {}
