@@ -38,9 +38,10 @@ from hillwalker.engines.plumed import KJ_PER_MOL, bias_from_hills, read_hills
 
 HILLWALKER = str(Path(sys.executable).parent / "hillwalker")
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
-#: 2 gen-0 frames, 2 walkers x 60 steps of 0.5 fs (the template's PACE=50: one hill each)
+#: 2 gen-0 frames, 2 walkers x 60 steps of 0.5 fs; PACE 25 instead of the template's 50 (hills
+#: at steps 25 and 50: a walker of the 2-epoch model that blows up before step 50 still has one)
 SCENARIO: dict[str, dict[str, Any]] = {
     "generation0": {"frames": 2},
     "walkers": {"count": 2, "steps": 60, "bias": "independent"},
@@ -146,6 +147,8 @@ def _phase_no_bias(root: Path, seen: dict[str, Any]) -> None:
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     root = make_campaign(tmp_path_factory.mktemp("promises") / "c", **SCENARIO)
+    plumed = (root / "plumed.dat").read_text()
+    (root / "plumed.dat").write_text(plumed.replace("PACE=50", "PACE=25"))
     log = root.parent / "run.log"
     seen: dict[str, Any] = {}
     timings = {}
@@ -225,7 +228,7 @@ def test_independent_walkers_feel_only_their_own_hills(scenario) -> None:
         name: len(read_hills(root / "generations/001/hills" / name))
         for name in ("HILLS.0", "HILLS.1")
     }
-    assert hills == {"HILLS.0": 1, "HILLS.1": 1}
+    assert all(n >= 1 for n in hills.values()), hills
     both = read_hills(root / "generations/001/hills")
     for w in (0, 1):
         walker = root / f"generations/001/walkers/w{w}"
@@ -360,4 +363,4 @@ def test_a_record_whose_result_is_missing_or_truncated_is_named_with_the_way_out
     errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, out.stderr
     assert str(record) in errors[0] and str(result) in errors[0]
-    assert "delete" in errors[0] and "run again" in errors[0]
+    assert "delete the record" in errors[0].lower() and "run again" in errors[0]

@@ -317,8 +317,7 @@ def open_in_chromium(page: Path, tmp_path: Path, figure_ids: list[str]) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.heavy
-@pytest.mark.timeout(1800)  # the first test builds the campaign: 16.5 min measured on 2 busy cores
+@pytest.mark.timeout(1800)  # the first test builds the campaign: 106 s (2026-12-02, 1 core busy)
 def test_report_of_a_campaign_in_chromium(campaign: Path, tmp_path: Path) -> None:
     started = time.monotonic()
     out = run_cli("report", campaign)
@@ -347,7 +346,6 @@ REPORT_FIGURES = [
 
 
 @pytest.mark.slow
-@pytest.mark.heavy
 @pytest.mark.timeout(1800)
 def test_compare_two_campaigns_in_chromium(campaign: Path, tmp_path: Path) -> None:
     other = tmp_path / "copy"
@@ -371,7 +369,6 @@ def _only(page: str, prefix: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.heavy
 @pytest.mark.timeout(1800)
 def test_report_reads_only(campaign: Path, tmp_path: Path) -> None:
     """A report changes nothing in the campaign but the page it writes (here: elsewhere)."""
