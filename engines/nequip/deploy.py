@@ -265,9 +265,48 @@ def score(
                 f"(model species: {' '.join(species)})"
             )
     errors = _Errors()
-    for atoms in usable:
-        errors.add(atoms, calc)
-    return {"n_frames": len(usable), **errors.summary()}
+    cv = _cv_bins(usable)
+    bins = [_Errors() for _ in range(CV_BINS)] if cv else []
+    for i, atoms in enumerate(usable):
+        errors.add(atoms, calc, also=[bins[cv[1][i]]] if cv else [])
+    result = {"n_frames": len(usable), **errors.summary()}
+    if cv:  # frames that carry their CV value (e.g. from `hillwalker testset`)
+        name, _, edges = cv
+        result["by_cv_bin"] = {
+            "cv": name,
+            "bins": [
+                {"lo": float(edges[b]), "hi": float(edges[b + 1]), "n_frames": len(e.energy),
+                 **{k: e.summary()[k] for k in ("energy_rmse_mev_per_atom",
+                                                "force_rmse_mev_per_ang")}}
+                for b, e in enumerate(bins) if e.energy
+            ],
+        }  # fmt: skip
+    return result
+
+
+#: bins of equal width between the lowest and highest CV value of the scored frames
+CV_BINS = 4
+
+
+def _cv_bins(frames: Sequence[Atoms]) -> tuple[str, list[int], np.ndarray] | None:
+    """(first CV's name, each frame's bin, bin edges) when every frame has ``info["cv"]`` with
+    that CV and the values spread; else None."""
+    values = []
+    name = None
+    for atoms in frames:
+        cv = atoms.info.get("cv")
+        if not isinstance(cv, dict) or not cv:
+            return None
+        name = name or next(iter(cv))
+        value = cv.get(name)
+        if not isinstance(value, int | float) or not np.isfinite(value):
+            return None
+        values.append(float(value))
+    if name is None or max(values) <= min(values):
+        return None
+    edges = np.linspace(min(values), max(values), CV_BINS + 1)
+    index = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, CV_BINS - 1)
+    return name, [int(i) for i in index], edges
 
 
 def _usable_frames(frames: Sequence[Atoms], where: str) -> list[Atoms]:
@@ -290,23 +329,29 @@ class _Errors:
         self.stress: list[np.ndarray] = []
         self.with_forces = 0
 
-    def add(self, atoms: Atoms, calc: Any) -> None:
+    def add(self, atoms: Atoms, calc: Any, also: Sequence[_Errors] = ()) -> None:
+        """The frame's squared errors, into this summary and those in ``also`` (one call of
+        ``calc`` per frame)."""
+        into = [self, *also]
         ref = labels(atoms)
         probe = atoms.copy()
         probe.calc = calc
         energy = probe.get_potential_energy()
-        self.energy.append(((energy - ref["energy"]) / len(atoms)) ** 2)
+        for e in into:
+            e.energy.append(((energy - ref["energy"]) / len(atoms)) ** 2)
         if "forces" in ref and np.all(np.isfinite(ref["forces"])):
-            self.with_forces += 1
             diff = probe.get_forces() - np.asarray(ref["forces"])
             symbols = np.array(atoms.get_chemical_symbols())
-            for symbol in set(symbols.tolist()):
-                self.forces.setdefault(symbol, []).append((diff[symbols == symbol] ** 2).ravel())
+            for e in into:
+                e.with_forces += 1
+                for symbol in set(symbols.tolist()):
+                    e.forces.setdefault(symbol, []).append((diff[symbols == symbol] ** 2).ravel())
         if "stress" in ref and atoms.cell.rank == 3:
             ref_stress = _full_stress(np.asarray(ref["stress"]))
             if np.all(np.isfinite(ref_stress)):
                 stress = _full_stress(probe.get_stress(voigt=True))
-                self.stress.append(((stress - ref_stress) ** 2).ravel())
+                for e in into:
+                    e.stress.append(((stress - ref_stress) ** 2).ravel())
 
     def summary(self) -> dict[str, Any]:
         forces = [np.concatenate(v) for v in self.forces.values()]

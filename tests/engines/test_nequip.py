@@ -302,3 +302,36 @@ def test_species_and_unknown_element(mil53_model):
     with pytest.raises(ModelError, match=r"element\(s\) Cu not in the model"):
         evaluate(mil53_model.package, [frame], device="cpu")
     assert labels(frame)["forces"].shape == (4, 3)
+
+
+def test_frames_that_carry_their_cv_are_scored_per_cv_bin():
+    """score() of any calculator: frames with info["cv"] (as `hillwalker testset` writes them)
+    get RMSEs per CV bin too (4 bins of equal width); the bins' numbers are the subsets'."""
+    from ase.build import bulk
+
+    from hillwalker.engines.nequip.deploy import score
+
+    frames = []
+    for i in range(8):
+        atoms = bulk("Cu", cubic=True)
+        atoms.rattle(0.05, seed=i)
+        atoms.calc = EMT()
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = None
+        # the labels are off by 10 meV/atom x i and 10 meV/Å x i: errors grow along the CV
+        frames.append(label(atoms, energy + 0.01 * i * len(atoms), forces + 0.01 * i, cv={"v": i}))
+    got = score(EMT(), frames)
+    bins = got["by_cv_bin"]
+    assert bins["cv"] == "v" and [b["n_frames"] for b in bins["bins"]] == [2, 2, 2, 2]
+    for b, pair in zip(bins["bins"], ([0, 1], [2, 3], [4, 5], [6, 7]), strict=True):
+        want = 10.0 * np.sqrt(np.mean(np.square(pair)))
+        assert b["energy_rmse_mev_per_atom"] == pytest.approx(want, rel=1e-6)
+        assert b["force_rmse_mev_per_ang"] == pytest.approx(want, rel=1e-6)
+        assert b["lo"] <= pair[0] and pair[1] <= b["hi"]
+    # the whole set's RMSE is unchanged by the binning; frames without a CV get no bins
+    assert got["energy_rmse_mev_per_atom"] == pytest.approx(
+        10.0 * np.sqrt(np.mean(np.square(range(8))))
+    )
+    for frame in frames:
+        del frame.info["cv"]
+    assert "by_cv_bin" not in score(EMT(), frames)
