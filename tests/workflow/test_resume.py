@@ -83,6 +83,10 @@ def make(root: Path, calls: Path) -> tuple[Path, Path]:
         yaml.safe_dump(
             {
                 "name": "local-counted",
+                # one worker: single-threaded training is bitwise reproducible (two threads gave
+                # generation-0 models 1e-9 apart, hence walker frames 1e-11 nm³ apart), and the
+                # comparison with the reference run is bitwise
+                "local_cores": 1,
                 "tasks": {
                     "dft": {
                         "provider": "local",
