@@ -253,7 +253,7 @@ def pretrain(
     prepared = prepare(
         datasets, out_dir, template=template, settings=settings, reference_level=reference_level
     )
-    levels, shifts, stress = prepared.levels, prepared.shifts, prepared.stress
+    levels = prepared.levels
     out_dir = prepared.out_dir
     knobs = {
         "method": method,
@@ -273,12 +273,7 @@ def pretrain(
     record = read_json(out_dir / RECORD_NAME)
     if record.get("fingerprint") == fingerprint and (out_dir / PACKAGE_NAME).is_file():
         return PretrainedModel.from_directory(out_dir)
-    for stale in (RECORD_NAME, PRETRAIN_RECORD, CHECKPOINT_NAME, PACKAGE_NAME):
-        (out_dir / stale).unlink(missing_ok=True)
-    previous = read_json(out_dir / "inputs.json").get("fingerprint")
-    if previous != fingerprint:
-        (out_dir / STATE_NAME).unlink(missing_ok=True)  # different inputs: never mix runs
-    atomic_write_json(out_dir / "inputs.json", {"fingerprint": fingerprint, "overrides": overrides})
+    _clear_outputs(out_dir, fingerprint, overrides)
 
     with torch_threads(threads):
         history, seconds = _run(prepared, knobs, device, callback)
@@ -287,6 +282,38 @@ def pretrain(
     seconds["package"] = round(time.perf_counter() - t0, 2)
     seconds["total"] = round(time.perf_counter() - started, 2)
 
+    pretrain_record = _write_records(prepared, knobs, fingerprint, package, history, seconds)
+    return PretrainedModel(out_dir, package, pretrain_record)
+
+
+def _clear_outputs(out_dir: Path, fingerprint: str, overrides: list[str]) -> None:
+    """Remove the outputs of an earlier run (its resume state too if its inputs differ), then
+    record the inputs of this one."""
+    for stale in (RECORD_NAME, PRETRAIN_RECORD, CHECKPOINT_NAME, PACKAGE_NAME):
+        (out_dir / stale).unlink(missing_ok=True)
+    previous = read_json(out_dir / "inputs.json").get("fingerprint")
+    if previous != fingerprint:
+        (out_dir / STATE_NAME).unlink(missing_ok=True)  # different inputs: never mix runs
+    atomic_write_json(out_dir / "inputs.json", {"fingerprint": fingerprint, "overrides": overrides})
+
+
+def _write_records(
+    prepared: Prepared,
+    knobs: dict[str, Any],
+    fingerprint: str,
+    package: Path,
+    history: list[dict[str, Any]],
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    """``pretrain.json`` (levels, references, settings, history), then ``model.json`` last (its
+    presence marks the model complete); returns the pretrain record."""
+    out_dir, levels, shifts, stress = (
+        prepared.out_dir,
+        prepared.levels,
+        prepared.shifts,
+        prepared.stress,
+    )
+    template, settings, device = prepared.template, prepared.settings, knobs["device"]
     species = list(shifts)  # in atomic-number order, as the model's types
     pretrain_record = {
         **knobs,
@@ -326,7 +353,7 @@ def pretrain(
     }
     # written last: its presence marks the model complete
     atomic_write_json(out_dir / RECORD_NAME, model_record)
-    return PretrainedModel(out_dir, package, pretrain_record)
+    return pretrain_record
 
 
 @dataclass
