@@ -199,7 +199,9 @@ def test_kill_at_every_stage_then_resume(tmp_path):
     reap_orphans(root)
     done_at_kill = set(records(root, "single_point"))
     calls_at_kill = len(called_keys(calls))
-    assert 1 <= len(done_at_kill) < 6 and calls_at_kill >= 3
+    # one worker labels one frame at a time: the kill comes at the third call, with the first
+    # two recorded and no fourth started (the interchange died with the run)
+    assert len(done_at_kill) == 2 and calls_at_kill == 3, (done_at_kill, calls_at_kill)
     unrecorded = {
         p.parent.name
         for p in (root / ".hillwalker/tasks/single_point").glob("*/result.json")
