@@ -51,7 +51,7 @@ CONFIG = {
     "training": {
         "mode": "warm",
         "epochs": 4,
-        "warm_epochs": 3,
+        "warm_epochs": 8,  # ~0.3 s each: the kill during training lands well before its end
         "validation_fraction": 0.25,
         "overrides": {"num_features": 8, "batch_size": 2},
     },
@@ -237,6 +237,9 @@ def test_kill_at_every_stage_then_resume(tmp_path):
         lambda: epoch(root, 2) >= 1 and (model2 / "train/last.ckpt").is_file(),
         "generation-2 training",
     )
+    # at once, as in 1.: an orphaned worker left running would finish the training (a second or
+    # two) and record the model before the next run reaps it, leaving nothing to resume
+    reap_orphans(root)
     first_epoch = json.loads((model2 / "progress.json").read_text())["history"][0]
     checkpoints.append((len(called_keys(calls)), set(records(root, "single_point"))))
 
