@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +30,47 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
         with contextlib.suppress(FileNotFoundError):
             Path(tmp).unlink()
         raise
+
+
+#: below this many free bytes, a failed external program is taken to have hit a full disk
+LOW_DISK_BYTES = 8 << 20
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an exception it was raised from or during) is a full disk or quota.
+
+    A Parsl task's error may come back re-raised as its own type or as text only: both count.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def free_bytes(path: str | os.PathLike[str]) -> int | None:
+    """Bytes free to this user on the filesystem holding ``path`` (or its nearest existing
+    parent); None if it cannot be told."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+def low_disk_error(path: str | os.PathLike[str], what: str) -> OSError | None:
+    """An ENOSPC error for ``what`` if the filesystem of ``path`` is (nearly) full, else None:
+    a program that failed there is taken to have failed for want of space, not for itself."""
+    free = free_bytes(path)
+    if free is None or free >= LOW_DISK_BYTES:
+        return None
+    return OSError(errno.ENOSPC, f"No space left on device ({what}: {free} bytes free)", str(path))
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

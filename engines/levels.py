@@ -25,7 +25,7 @@ import numpy as np
 from ase import Atoms
 
 from hillwalker.engines.dataset import STATUS_DONE, STATUS_FAILED, label
-from hillwalker.engines.files import atomic_write_json, read_json
+from hillwalker.engines.files import atomic_write_json, low_disk_error, read_json
 from hillwalker.engines.geometry import DEFAULT_MIN_DISTANCE, geometry_problem
 
 __all__ = [
@@ -293,6 +293,11 @@ class ResultBook:
         return self._finish(STATUS_DONE, energy, forces, stress, None, None, attempts, scf_steps)
 
     def failed(self, failure: str, message: str, attempts: int) -> SinglePointResult:
+        """The failure, recorded; raises ENOSPC instead when the disk is full: a code that could
+        not write its output has not failed on this frame, and is not recorded as if it had."""
+        full = low_disk_error(self.workdir, f"{self.code} single point failed ({failure})")
+        if full is not None:
+            raise full
         return self._finish(STATUS_FAILED, None, None, None, failure, message, attempts, None)
 
     def _finish(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,6 +53,46 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         else:
             os.environ["SLURM_CONF"] = previous
         cluster.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 MiB tmpfs of its own (mounting needs root: as for SLURM, under CI a failed mount
+    fails instead of skipping); unmounted at the end."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    out = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        why = f"cannot mount a tmpfs (needs root): {out.stderr.strip()}"
+        if _under_ci():
+            pytest.fail(f"CI=true and {why}", pytrace=False)
+        pytest.skip(why)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill_disk(disk: Path, leave: int = 0) -> Path:
+    """Write a file on ``disk`` until not one byte is left, then give back ``leave`` bytes
+    (whole pages); the file's path: delete it to free the space."""
+    filler = disk / "filler"
+    with filler.open("wb", buffering=0) as f:
+        for chunk in (1 << 20, 1 << 12, 1):
+            while True:
+                try:
+                    f.write(b"\0" * chunk)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+    if leave:
+        os.truncate(filler, filler.stat().st_size - leave)
+    return filler
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,16 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from hillwalker.campaign import CampaignRun, Progress
+from hillwalker.campaign import CampaignError, CampaignRun, Progress
 from hillwalker.changes import check_changes
 from hillwalker.config import Campaign, ConfigError, load_campaign
-from hillwalker.engines.files import atomic_write_json, atomic_write_text, read_json
+from hillwalker.engines.files import (
+    atomic_write_json,
+    atomic_write_text,
+    disk_full,
+    free_bytes,
+    read_json,
+)
 from hillwalker.state import CampaignDir, reap_orphans
 
 if TYPE_CHECKING:
@@ -47,6 +53,10 @@ def run_campaign(
         # a dft block could not hold one, instead of SLURM killing it silently at the limit
         site.check_task_fits("dft", cfg.labeling.timeout)
     cdir = CampaignDir(root)
+    # a log line that cannot be written (a full disk) is dropped, not printed as a traceback
+    # to the terminal by every logger of this process (Parsl's included): the run stops on
+    # the first write of its own that fails, with one message
+    logging.raiseExceptions = False
     with cdir.locked():
         handler = _file_log(cdir.log)
         try:
@@ -62,8 +72,12 @@ def run_campaign(
             with Execution(site, run_dir=root) as ex:
                 return runner.run(ex)
         except BaseException as exc:
+            if disk_full(exc):
+                exc = DiskFullError(root)
             log.error("run stopped: %s: %s", type(exc).__name__, exc)
             _note_stop(cdir, exc)
+            if isinstance(exc, DiskFullError):
+                raise exc from None
             raise
         finally:
             logging.getLogger("hillwalker").removeHandler(handler)
@@ -111,14 +125,32 @@ def _smoke_dir(root: Path, cfg: Campaign) -> Path:
     return smoke
 
 
+class DiskFullError(CampaignError):
+    """The campaign's filesystem (or quota) is full: the run stopped at its first failed write."""
+
+    def __init__(self, root: Path) -> None:
+        free = free_bytes(root)
+        room = f"{free / 2**20:.1f} MiB free" if free is not None else "free space unknown"
+        super().__init__(
+            f"disk full: {root} ({room} on its filesystem). Free space and run again with the "
+            "same command: every finished step is recorded and kept, and nothing half-written "
+            "is used"
+        )
+
+
 def _note_stop(cdir: CampaignDir, exc: BaseException) -> None:
-    """Why the run stopped, for `status` (run.json; the next run's first report clears it)."""
+    """Why the run stopped, for `status` (run.json; the next run's first report clears it).
+    On a full disk this note may not fit either: the run still stops with its message."""
     if isinstance(exc, KeyboardInterrupt | SystemExit):
         why = f"interrupted ({type(exc).__name__}{f' {exc}' if str(exc) else ''})"
     else:
         why = str(exc) or type(exc).__name__
     run = read_json(cdir.run_state) or {}
-    atomic_write_json(cdir.run_state, {**run, "stopped_by": why})
+    try:
+        atomic_write_json(cdir.run_state, {**run, "stopped_by": why})
+    except OSError as err:
+        if not disk_full(err):
+            raise
 
 
 def _file_log(path: Path) -> logging.Handler:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -662,3 +663,19 @@ def test_pbe_d3_level_runs_with_stress(tmp_path: Path) -> None:
     assert (
         "GLOBAL| Basis set file name                                        BASIS_MOLOPT" in output
     )
+
+
+def test_a_full_disk_is_an_error_not_a_failed_single_point(small_disk):
+    # 16 KiB left: the input fits, CP2K's output is cut off before its forces. Without the
+    # low-disk check this single point would be recorded as a CP2K crash (with crash_reruns=0,
+    # no second attempt whose input write would raise first) and never be run again
+    from conftest import fill_disk
+
+    fill_disk(small_disk, leave=16 << 10)
+    work = small_disk / "sp"
+    with pytest.raises(OSError) as caught:
+        single_point(mil53_np_cif(), Level.from_file(XTB), work, crash_reruns=0)
+    assert caught.value.errno == errno.ENOSPC
+    assert "cp2k single point failed (crash)" in str(caught.value)
+    assert (work / "attempt-1.out").is_file()  # CP2K did run
+    assert not (work / RESULT_FILE).exists()

@@ -60,9 +60,9 @@ CONFIG = {
 }
 
 
-def make(root: Path, calls: Path) -> tuple[Path, Path]:
+def make(root: Path, calls: Path, config: dict | None = None) -> tuple[Path, Path]:
     new_from_template(root, "mil53-al")
-    (root / "campaign.yaml").write_text(yaml.safe_dump(CONFIG))
+    (root / "campaign.yaml").write_text(yaml.safe_dump(config or CONFIG))
     wrapper = root.parent / f"{root.name}-cp2k"
     # Armed (a file `<root>-armed` holding the run's process group), the third CP2K call leaves
     # a watcher behind that SIGKILLs the run the moment the single point's result file appears:
