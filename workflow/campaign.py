@@ -633,11 +633,13 @@ class CampaignRun:
         from hillwalker.engines.nequip import TrainedModel
 
         warm = previous is not None and self.cfg.training.mode == "warm"
+        init = previous.package if warm and previous is not None else None
+        if g == 0 and self.cfg.training.init is not None:
+            init, warm = settings.init_package(self.dir.root, self.cfg), True
         changes = settings.training_changes(self.cfg, g, warm=warm)
         data = self.dir.generation(g) / "train.extxyz"
         write_frames(data, read_frames(self.dir.dataset))
         template = self.dir.root / self.cfg.material.nequip
-        init = previous.package if warm and previous is not None else None
         compile = settings.compile_models(self.cfg)
         key = task_key(
             "train",

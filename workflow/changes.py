@@ -16,6 +16,7 @@ UNSAFE_CHANGES = {
     "structure": "the start structure of generation 0",
     "plumed": "the collective variables of the kept bias",
     "generation0": "the frames of generation 0",
+    "init": "the model generation 0 started from (training.init)",
     "seed": "the seed every finished task was keyed with",
 }
 
@@ -36,6 +37,7 @@ def check_changes(cdir: CampaignDir, cfg: Campaign, *, force: bool = False) -> l
         # unset options (None) left out: a run recorded before an option existed compares equal
         "generation0": cfg.generation0.model_dump(exclude_none=True),
         "seed": cfg.seed,
+        "init": _init_digest(cdir, cfg),
         "config": cfg.model_dump(),
     }
     path = cdir.inputs
@@ -77,3 +79,17 @@ def _set(section: object) -> object:
     if isinstance(section, dict):
         return {k: v for k, v in section.items() if v is not None}
     return section
+
+
+def _init_digest(cdir: CampaignDir, cfg: Campaign) -> str | None:
+    """The digest of the package training.init names; None when unset or unreadable (a
+    missing model is reported by validation before any run)."""
+    if cfg.training.init is None:
+        return None
+    from hillwalker.engines.nequip import ModelError
+    from hillwalker.settings import init_package
+
+    try:
+        return file_digest(init_package(cdir.root, cfg))
+    except ModelError:
+        return None

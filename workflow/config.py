@@ -123,6 +123,13 @@ class Training(_Model):
     validation_fraction: float = Field(
         0.1, gt=0, lt=1, description="Fraction held out for validation."
     )
+    init: str | None = Field(
+        None,
+        description="A trained model (model directory or .nequip.zip; relative paths from the "
+        "campaign directory) that generation 0 fine-tunes instead of starting from random "
+        "weights: a pretrained model (hillwalker pretrain), or another campaign's final model. "
+        "Generation 0 then trains warm_epochs. training.method direct only.",
+    )
     overrides: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra NequIP settings (hillwalker TrainSettings fields, e.g. num_features).",
@@ -286,6 +293,12 @@ class Campaign(_Model):
                     f"{needs[0]}: needs material.baseline (without one every frame is labeled "
                     "at material.level; stop.max_single_points limits them)"
                 )
+        elif self.training.init is not None:
+            raise ValueError(
+                f"training.init: starts generation 0 of a one-level campaign (training.method "
+                f"direct); with material.baseline, method {self.training.method} trains its own "
+                "parts (hillwalker pretrain + train --init, docs/meta-learning.md)"
+            )
         elif Path(baseline) == Path(self.material.level):
             raise ValueError(f"material.baseline: {baseline} is material.level itself")
         target_frames = self.generation0.target_frames

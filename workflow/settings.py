@@ -51,6 +51,15 @@ def single_point_options(
     )
 
 
+def init_package(root: Path, cfg: Campaign) -> Path:
+    """The package that training.init names (a model directory or .nequip.zip)."""
+    from hillwalker.engines.nequip.model_files import package_path
+
+    if cfg.training.init is None:
+        raise ValueError("training.init is not set")
+    return package_path(root / cfg.training.init)
+
+
 def training_changes(cfg: Campaign, generation: int, *, warm: bool) -> dict[str, Any]:
     """The campaign's changes to the NequIP template's settings for one generation."""
     t = cfg.training

@@ -126,6 +126,8 @@ def validate_campaign(directory: str | Path, site: str | Path | None = None) -> 
         _check_plumed(root / material["plumed"], atoms, campaign, root, report)
     if material.get("nequip"):
         check_nequip(root / material["nequip"], atoms, campaign, report)
+    if campaign is not None and campaign.training.init is not None:
+        _check_init(root, campaign, atoms, report)
     if site is not None:
         _check_site(Path(site), report)
     return report
@@ -165,6 +167,29 @@ def _check_cross(root: Path, campaign: Campaign, atoms: Atoms, report: Validatio
         report.problems.append(
             f"{path}: walkers.ensemble: npt needs a periodic cell, and "
             f"{campaign.material.structure} has none (use nvt for a molecule in vacuum)"
+        )
+
+
+def _check_init(
+    root: Path, campaign: Campaign, atoms: Atoms | None, report: ValidationReport
+) -> None:
+    """training.init names a model whose types cover the structure's elements."""
+    from hillwalker.engines.nequip import ModelError
+    from hillwalker.engines.nequip.deploy import model_species
+    from hillwalker.settings import init_package
+
+    where = f"{root / CAMPAIGN_FILE}: training.init"
+    try:
+        package = init_package(root, campaign)
+        species = model_species(package)
+    except ModelError as exc:
+        report.problems.append(f"{where}: {exc}")
+        return
+    missing = sorted(set(atoms.get_chemical_symbols()) - set(species)) if atoms else []
+    if missing:
+        report.problems.append(
+            f"{where}: {package} has no type for {', '.join(missing)} (its types: "
+            f"{' '.join(species)}); start from a model of these elements"
         )
 
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import yaml
 
-from hillwalker.engines.dataset import read_frames, write_frames
+from hillwalker.campaign import CampaignError
+from hillwalker.engines.dataset import labels, read_frames, write_frames
 from hillwalker.engines.plumed import bias_from_hills, read_hills
 from hillwalker.execution import machine_cores
 from hillwalker.material_templates import new_from_template
@@ -369,3 +370,62 @@ def test_a_campaign_stops_once_its_test_error_reaches_the_target(tmp_path):
     record = next((root / ".hillwalker/tasks/train").glob("*.json"))
     errors = json.loads(record.read_text())["test_sets"]["indep"]
     assert f"{errors['force_rmse_mev_per_ang']:.1f}" == force
+
+
+@pytest.mark.slow
+def test_training_init_starts_generation_zero_from_a_trained_model(
+    tmp_path, mil53_model, mil53_held_out_frames
+):
+    # generation 0 fine-tunes the session's MIL-53 model (trained on 36 xTB frames) for 2
+    # epochs on 4 perturbed frames, instead of training 4 epochs from random weights
+    root = make_campaign(
+        tmp_path / "c",
+        training={"init": str(mil53_model.directory)},
+        stop={"generations": 0},
+    )
+    (model,) = run_campaign(root)
+    config = model.metrics["config"]
+    assert config["init_from"] == str(mil53_model.package)
+    assert model.metrics["epochs_run"] == TINY["training"]["warm_epochs"]
+    # the start model's architecture, not the template's num_features 8 (a warm start keeps it)
+    assert evaluate_forces(model.package, mil53_held_out_frames) < 2 * evaluate_forces(
+        mil53_model.package, mil53_held_out_frames
+    )
+    # what a model that learned nothing scores: zero forces on the same held-out frames
+    forces = np.concatenate([labels(f)["forces"] for f in mil53_held_out_frames])
+    zero = float(np.sqrt(np.mean(forces**2))) * 1000
+    assert evaluate_forces(model.package, mil53_held_out_frames) < 0.5 * zero
+
+    # naming the same model by its package is no change; another model after generation 0
+    # trained from the first is an unsafe edit, refused before anything runs
+    cfg = yaml.safe_load((root / "campaign.yaml").read_text())
+    cfg["training"]["init"] = str(mil53_model.package)
+    (root / "campaign.yaml").write_text(yaml.safe_dump(cfg))
+    run_campaign(root)
+    cfg["training"]["init"] = str(model.package)
+    (root / "campaign.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(CampaignError, match="init changed: the model generation 0 started from"):
+        run_campaign(root)
+
+
+def evaluate_forces(package: Path, frames) -> float:
+    from hillwalker.engines.nequip.deploy import evaluate
+
+    return float(evaluate(package, frames, device="cpu", threads=1)["force_rmse_mev_per_ang"])
+
+
+def test_training_init_is_checked_before_anything_runs(tmp_path, mil53_model):
+    from hillwalker.validate import validate_campaign
+
+    root = make_campaign(tmp_path / "c", training={"init": "models/none.nequip.zip"})
+    problems = validate_campaign(root).problems
+    assert any("training.init" in p and "none.nequip.zip" in p for p in problems), problems
+
+    # the alanine dipeptide has nitrogen; the MIL-53 model has no type for it
+    ala = tmp_path / "ala"
+    new_from_template(ala, "alanine-dipeptide")
+    cfg = yaml.safe_load((ala / "campaign.yaml").read_text())
+    cfg.setdefault("training", {})["init"] = str(mil53_model.directory)
+    (ala / "campaign.yaml").write_text(yaml.safe_dump(cfg))
+    problems = validate_campaign(ala).problems
+    assert any("training.init" in p and "no type for N" in p for p in problems), problems
