@@ -1,7 +1,8 @@
 """Level files in YAML (``*.yaml``/``*.yml``): the ``code:`` key says which code reads the rest.
 
 ``code: tblite`` → :mod:`hillwalker.engines.tblite_level`, ``code: pyscf`` →
-:mod:`hillwalker.engines.pyscf_level`. Each code's settings are a pydantic model with
+:mod:`hillwalker.engines.pyscf_level`, ``code: stillinger-weber`` →
+:mod:`hillwalker.engines.sw_level`. Each code's settings are a pydantic model with
 ``extra="forbid"``; every problem is a :class:`~hillwalker.engines.levels.LevelError` naming the
 file and the key, raised when the file is loaded, before anything runs.
 """
@@ -19,7 +20,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from hillwalker.engines.levels import LevelError, ReferenceLevel
 
 #: ``code:`` value → module with ``from_settings(path, data) -> ReferenceLevel``
-CODES = {"tblite": "hillwalker.engines.tblite_level", "pyscf": "hillwalker.engines.pyscf_level"}
+CODES = {
+    "tblite": "hillwalker.engines.tblite_level",
+    "pyscf": "hillwalker.engines.pyscf_level",
+    "stillinger-weber": "hillwalker.engines.sw_level",
+}
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -84,7 +84,7 @@ want_stamp="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want_stamp" ] \
     || ! "$vpy" -c 'import hillwalker' >/dev/null 2>&1; then
     say "installing hillwalker (editable) and its dependencies"
-    "$vpy" -m pip install -q -e ".[dev,tblite,pyscf]" "torch==$TORCH_VERSION" || die "pip install -e . failed"
+    "$vpy" -m pip install -q -e ".[dev,tblite,pyscf,sw]" "torch==$TORCH_VERSION" || die "pip install -e . failed"
     printf '%s\n' "$want_stamp" > "$stamp.tmp" && mv "$stamp.tmp" "$stamp"
 fi
 

@@ -161,8 +161,9 @@ def check_module(name: str, dist: str | None = None, *, required: bool = True) -
     )
 
 
-def check_extra(name: str, module: str, extra: str) -> Check:
-    """An optional level-of-theory code (tblite, PySCF): its version, or how to install it."""
+def check_extra(name: str, module: str, extra: str, code: str | None = None) -> Check:
+    """An optional level-of-theory code (tblite, PySCF, matscipy): its version, or how to
+    install it; ``code``: the level files' ``code:`` value (default: ``name``)."""
     try:
         importlib.import_module(module)
     except Exception as exc:
@@ -171,7 +172,7 @@ def check_extra(name: str, module: str, extra: str) -> Check:
             False,
             required=False,
             problem=f"{name} not available ({type(exc).__name__}): needed only for "
-            f"'code: {name}' level files; install hillwalker[{extra}]",
+            f"'code: {code or name}' level files; install hillwalker[{extra}]",
         )
     return Check(name, True, required=False, version=importlib.metadata.version(name))
 
@@ -210,5 +211,6 @@ def run_checks() -> list[Check]:
         check_module("cp2k_input_tools", "cp2k-input-tools"),
         check_extra("tblite", "tblite.interface", "tblite"),
         check_extra("pyscf", "pyscf", "pyscf"),
+        check_extra("matscipy", "matscipy.calculators.manybody", "sw", "stillinger-weber"),
         check_slurm(),
     ]
