@@ -252,6 +252,14 @@ def train_command(
         str | None,
         typer.Option("--baseline", help="Baseline level: name or file (delta: the file)."),
     ] = None,
+    species_map: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--species-map",
+            help="NEW=OLD (repeatable), with --init: element NEW starts from the model's element "
+            "OLD (docs/element-transfer.md).",
+        ),
+    ] = None,
 ) -> None:
     """Train a NequIP model (package + compiled model + model.json record) on labeled frames;
     with --method, a potential from labels at several levels of theory."""
@@ -259,8 +267,11 @@ def train_command(
     from hillwalker.engines.dataset import DatasetError
     from hillwalker.engines.levels import LevelError
     from hillwalker.engines.nequip import ModelError
+    from hillwalker.engines.nequip.surgery import parse_species_map
     from hillwalker.modeling import describe_potential, describe_training, train_levels, train_model
 
+    if species_map and (method is not None or target is not None or baseline is not None):
+        raise fail("--species-map goes with a plain training (--init), not with --method")
     if method is not None or target is not None or baseline is not None:
         if method is None or target is None:
             raise fail("--method and --target go together (--baseline: for all but direct)")
@@ -282,10 +293,13 @@ def train_command(
             epochs=epochs,
             device=device,
             compile=compile_model,
+            species_map=parse_species_map(species_map) if species_map else None,
         )
     except (ModelError, DatasetError) as exc:
         raise fail(str(exc)) from None
     typer.echo(describe_training(model))
+    if species_map:
+        typer.echo(f"  started from {model.metrics['config']['init_from']} (element transfer)")
 
 
 @app.command("pretrain")

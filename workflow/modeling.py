@@ -8,10 +8,11 @@ each one line naming the file.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ase import Atoms
 from ase.data import atomic_numbers
 
 from hillwalker.engines.dataset import read_frames
@@ -24,6 +25,8 @@ from hillwalker.engines.nequip import (
     evaluate,
     train,
 )
+from hillwalker.engines.nequip.data import species_of, training_frames
+from hillwalker.engines.nequip.surgery import TRANSFERRED_NAME, transfer_species
 from hillwalker.engines.potentials import (
     Potential,
     evaluate_potential,
@@ -41,9 +44,19 @@ def train_model(
     epochs: int | None = None,
     device: str = "auto",
     compile: bool = True,
+    species_map: Mapping[str, str] | None = None,
 ) -> TrainedModel:
-    """Train a model on the frames in ``data`` with the template ``config`` (default: MIL-53)."""
+    """Train a model on the frames in ``data`` with the template ``config`` (default: MIL-53).
+
+    ``species_map`` (new element -> source element, with ``init``): start from ``init`` with
+    each new element's weights copied from its source (``OUT/transferred.nequip.zip``, see
+    docs/element-transfer.md); a source element found in the data stays a type beside its new
+    element, any other is replaced; the new elements' energy shifts are fitted to the data."""
     template, settings = _template_settings(config, epochs)
+    if species_map:
+        if init is None:
+            raise ModelError("--species-map needs --init (the trained model to start from)")
+        init = transferred_start(init, out_dir, species_map, training_frames(list(data)))
     return train(
         list(data),
         out_dir,
@@ -53,6 +66,29 @@ def train_model(
         device=device,
         compile=compile,
     )
+
+
+def transferred_start(
+    init: Path,
+    out_dir: Path,
+    species_map: Mapping[str, str],
+    frames: Sequence[Atoms],
+    threads: int | None = None,
+) -> Path:
+    """The package a training with a species map starts from: ``init`` with each new element
+    copied from its source (``OUT_DIR/transferred.nequip.zip``); a source element found in
+    ``frames`` stays a type beside its new element, any other is replaced; the new elements'
+    energy shifts are fitted to ``frames``."""
+    present = set(species_of(frames))
+    transfer = transfer_species(
+        Path(init),
+        Path(out_dir) / TRANSFERRED_NAME,
+        species_map,
+        keep=sorted({old for old in species_map.values() if old in present}),
+        fit_to=frames,
+        threads=threads,
+    )
+    return transfer.package
 
 
 def train_levels(
