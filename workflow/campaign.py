@@ -634,8 +634,10 @@ class CampaignRun:
 
         warm = previous is not None and self.cfg.training.mode == "warm"
         init = previous.package if warm and previous is not None else None
+        species_map = None
         if g == 0 and self.cfg.training.init is not None:
             init, warm = settings.init_package(self.dir.root, self.cfg), True
+            species_map = self.cfg.training.species_map
         changes = settings.training_changes(self.cfg, g, warm=warm)
         data = self.dir.generation(g) / "train.extxyz"
         write_frames(data, read_frames(self.dir.dataset))
@@ -649,6 +651,7 @@ class CampaignRun:
             changes,
             file_digest(init) if init else None,
             *(() if compile else ("eager",)),  # a compiled model's key is as before the choice
+            *((sorted(species_map.items()),) if species_map else ()),
         )
 
         def submit(out_dir: Path) -> cf.Future[Any]:
@@ -662,6 +665,7 @@ class CampaignRun:
                 init_from=str(init) if init else None,
                 threads=self.ex.threads("train"),
                 compile=compile,
+                species_map=species_map,
             )
 
         return self._training(g, key, changes["epochs"], TrainedModel.from_record, submit)

@@ -16,7 +16,7 @@ UNSAFE_CHANGES = {
     "structure": "the start structure of generation 0",
     "plumed": "the collective variables of the kept bias",
     "generation0": "the frames of generation 0",
-    "init": "the model generation 0 started from (training.init)",
+    "init": "the model generation 0 started from (training.init, training.species_map)",
     "seed": "the seed every finished task was keyed with",
 }
 
@@ -82,14 +82,16 @@ def _set(section: object) -> object:
 
 
 def _init_digest(cdir: CampaignDir, cfg: Campaign) -> str | None:
-    """The digest of the package training.init names; None when unset or unreadable (a
-    missing model is reported by validation before any run)."""
+    """The digest of the package training.init names (with training.species_map, if set);
+    None when unset or unreadable (a missing model is reported by validation before any run)."""
     if cfg.training.init is None:
         return None
     from hillwalker.engines.nequip import ModelError
     from hillwalker.settings import init_package
 
     try:
-        return file_digest(init_package(cdir.root, cfg))
+        digest = file_digest(init_package(cdir.root, cfg))
     except ModelError:
         return None
+    species_map = cfg.training.species_map
+    return digest + (f" {sorted(species_map.items())}" if species_map else "")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
+from ase.data import chemical_symbols
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -129,6 +130,13 @@ class Training(_Model):
         "campaign directory) that generation 0 fine-tunes instead of starting from random "
         "weights: a pretrained model (hillwalker pretrain), or another campaign's final model. "
         "Generation 0 then trains warm_epochs. training.method direct only.",
+    )
+    species_map: dict[str, str] | None = Field(
+        None,
+        description="With training.init: elements the start model lacks, each started from one "
+        "it has (new: source, e.g. {Ga: Al}): every per-type weight copied from the source "
+        "element, the new element's energy reference fitted to generation 0's labels "
+        "(docs/element-transfer.md).",
     )
     overrides: dict[str, Any] = Field(
         default_factory=dict,
@@ -268,6 +276,24 @@ class Campaign(_Model):
             raise ValueError(
                 f"stop.target_set: {target!r} is not an evaluation.test_sets entry (known: {known})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _species_map_needs_init(self) -> Campaign:
+        species_map = self.training.species_map
+        if species_map is None:
+            return self
+        if self.training.init is None:
+            raise ValueError(
+                "training.species_map: maps new elements onto those of the training.init "
+                "model; name that model in training.init"
+            )
+        for new, old in species_map.items():
+            for element in (new, old):
+                if element not in chemical_symbols[1:]:
+                    raise ValueError(f"training.species_map: {element!r} is no chemical element")
+            if new == old:
+                raise ValueError(f"training.species_map: {new} is mapped onto itself")
         return self
 
     @model_validator(mode="after")

@@ -185,11 +185,20 @@ def _check_init(
     except ModelError as exc:
         report.problems.append(f"{where}: {exc}")
         return
-    missing = sorted(set(atoms.get_chemical_symbols()) - set(species)) if atoms else []
+    species_map = campaign.training.species_map or {}
+    for new, old in sorted(species_map.items()):
+        if old not in species:
+            report.problems.append(
+                f"{root / CAMPAIGN_FILE}: training.species_map: {new}: {old} is not a type of "
+                f"{package} (its types: {' '.join(species)})"
+            )
+    covered = set(species) | set(species_map)
+    missing = sorted(set(atoms.get_chemical_symbols()) - covered) if atoms else []
     if missing:
         report.problems.append(
             f"{where}: {package} has no type for {', '.join(missing)} (its types: "
-            f"{' '.join(species)}); start from a model of these elements"
+            f"{' '.join(species)}); start from a model of these elements, or map each onto one "
+            "of its types with training.species_map (e.g. {Ga: Al})"
         )
 
 
