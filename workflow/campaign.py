@@ -634,10 +634,13 @@ class CampaignRun:
 
         warm = previous is not None and self.cfg.training.mode == "warm"
         init = previous.package if warm and previous is not None else None
-        species_map = None
+        species_map, refit = None, False
         if g == 0 and self.cfg.training.init is not None:
+            # a start model of other elements: their weights copied, their references fitted;
+            # else every element's reference re-fitted to generation 0 (another level, too)
             init, warm = settings.init_package(self.dir.root, self.cfg), True
             species_map = self.cfg.training.species_map
+            refit = not species_map
         changes = settings.training_changes(self.cfg, g, warm=warm)
         data = self.dir.generation(g) / "train.extxyz"
         write_frames(data, read_frames(self.dir.dataset))
@@ -652,6 +655,7 @@ class CampaignRun:
             file_digest(init) if init else None,
             *(() if compile else ("eager",)),  # a compiled model's key is as before the choice
             *((sorted(species_map.items()),) if species_map else ()),
+            *(("refit-references",) if refit else ()),
         )
 
         def submit(out_dir: Path) -> cf.Future[Any]:
@@ -666,6 +670,7 @@ class CampaignRun:
                 threads=self.ex.threads("train"),
                 compile=compile,
                 species_map=species_map,
+                refit_references=refit,
             )
 
         return self._training(g, key, changes["epochs"], TrainedModel.from_record, submit)

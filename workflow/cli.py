@@ -260,6 +260,14 @@ def train_command(
             "OLD (docs/element-transfer.md).",
         ),
     ] = None,
+    refit_references: Annotated[
+        bool,
+        typer.Option(
+            "--refit-references",
+            help="With --init: re-fit every element's energy reference (per-atom shift) of the "
+            "start model to DATA first: fine-tuning to another level of theory.",
+        ),
+    ] = False,
 ) -> None:
     """Train a NequIP model (package + compiled model + model.json record) on labeled frames;
     with --method, a potential from labels at several levels of theory."""
@@ -294,6 +302,7 @@ def train_command(
             device=device,
             compile=compile_model,
             species_map=parse_species_map(species_map) if species_map else None,
+            refit_references=refit_references,
         )
     except (ModelError, DatasetError) as exc:
         raise fail(str(exc)) from None

@@ -45,18 +45,29 @@ def train_model(
     device: str = "auto",
     compile: bool = True,
     species_map: Mapping[str, str] | None = None,
+    refit_references: bool = False,
 ) -> TrainedModel:
     """Train a model on the frames in ``data`` with the template ``config`` (default: MIL-53).
+
+    ``refit_references`` (with ``init``): every element's per-atom energy shift of the start
+    model re-fitted to the data first (fine-tuning to another level of theory).
 
     ``species_map`` (new element -> source element, with ``init``): start from ``init`` with
     each new element's weights copied from its source (``OUT/transferred.nequip.zip``, see
     docs/element-transfer.md); a source element found in the data stays a type beside its new
     element, any other is replaced; the new elements' energy shifts are fitted to the data."""
     template, settings = _template_settings(config, epochs)
-    if species_map:
+    if species_map or refit_references:
         if init is None:
-            raise ModelError("--species-map needs --init (the trained model to start from)")
-        init = transferred_start(init, out_dir, species_map, training_frames(list(data)))
+            what = "--species-map" if species_map else "--refit-references"
+            raise ModelError(f"{what} needs --init (the trained model to start from)")
+        init = transferred_start(
+            init,
+            out_dir,
+            species_map or {},
+            training_frames(list(data)),
+            refit_all=refit_references,
+        )
     return train(
         list(data),
         out_dir,
@@ -74,11 +85,13 @@ def transferred_start(
     species_map: Mapping[str, str],
     frames: Sequence[Atoms],
     threads: int | None = None,
+    refit_all: bool = False,
 ) -> Path:
-    """The package a training with a species map starts from: ``init`` with each new element
-    copied from its source (``OUT_DIR/transferred.nequip.zip``); a source element found in
-    ``frames`` stays a type beside its new element, any other is replaced; the new elements'
-    energy shifts are fitted to ``frames``."""
+    """The package a fine-tuning starts from (``OUT_DIR/transferred.nequip.zip``): ``init``
+    with each new element of ``species_map`` copied from its source (a source element found in
+    ``frames`` stays a type beside its new element, any other is replaced) and the new
+    elements' energy shifts fitted to ``frames``; ``refit_all``: every element's shift fitted
+    (a new level of theory, e.g. a model pretrained at others)."""
     present = set(species_of(frames))
     transfer = transfer_species(
         Path(init),
@@ -86,6 +99,7 @@ def transferred_start(
         species_map,
         keep=sorted({old for old in species_map.values() if old in present}),
         fit_to=frames,
+        refit_all=refit_all,
         threads=threads,
     )
     return transfer.package

@@ -81,21 +81,27 @@ def train_generation(
     device: str = "auto",
     compile: bool = True,
     species_map: dict[str, str] | None = None,
+    refit_references: bool = False,
 ) -> Timed[TrainedModel]:
     """Train (or warm-start) one generation's model with ``threads`` CPU threads; ``compile``:
     AOTInductor-compile it for the walkers (else they run the eager package). ``species_map``
     (new element -> element of ``init_from``): start from ``init_from`` with each new element
     copied from its source (model surgery), the new elements' energy references fitted to
-    ``data``."""
+    ``data``; ``refit_references``: every element's reference fitted to ``data``."""
     from hillwalker.engines.nequip import train
 
     started = _mark_started(out_dir)
-    if species_map and init_from:
+    if init_from and (species_map or refit_references):
         from hillwalker.engines.dataset import read_frames
         from hillwalker.modeling import transferred_start
 
         start = transferred_start(
-            Path(init_from), Path(out_dir), species_map, read_frames(data), threads
+            Path(init_from),
+            Path(out_dir),
+            species_map or {},
+            read_frames(data),
+            threads,
+            refit_all=refit_references,
         )
         init_from = str(start)
     model = train(

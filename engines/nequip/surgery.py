@@ -143,6 +143,7 @@ def transfer_species(
     keep: Collection[str] = (),
     energy_shifts: Mapping[str, float] | None = None,
     fit_to: Sequence[Atoms] | None = None,
+    refit_all: bool = False,
     r_max: float | None = None,
     threads: int | None = None,
 ) -> SpeciesTransfer:
@@ -154,7 +155,9 @@ def transfer_species(
     new element). ``energy_shifts``: per-atom energy shifts (eV) of new elements; ``fit_to``:
     frames with energies to fit them to instead (least squares of the total energies over the
     new elements' atom counts, the other types' shifts fixed); neither: the source's shift.
-    ``r_max``: the cutoff the caller needs (a ModelError if the model's differs). ``threads``:
+    ``refit_all``: with ``fit_to``, fit every type's shift found in the frames, not only the new
+    elements' (a new level of theory: its energy references differ for every element; the
+    species map may then be empty). ``r_max``: the cutoff the caller needs (a ModelError if the model's differs). ``threads``:
     torch's CPU threads meanwhile (restored afterwards).
     """
     source = package_path(Path(model))
@@ -163,8 +166,10 @@ def transfer_species(
         raise ModelError(f"{out}: a packaged model must end in .nequip.zip")
     if energy_shifts is not None and fit_to is not None:
         raise ModelError("energy_shifts and fit_to: give one of them, not both")
+    if refit_all and fit_to is None:
+        raise ModelError("refit_all: needs fit_to, the frames to fit the references to")
     source_types = model_species(source)
-    mapping = _checked_map(species_map, source_types, source)
+    mapping = _checked_map(species_map, source_types, source, empty_ok=refit_all)
     kept = set(keep)
     for element in sorted(kept - set(mapping.values())):
         raise ModelError(f"keep: {element} is not a source element of the species map")
@@ -184,12 +189,15 @@ def transfer_species(
         "keep": sorted(kept),
         "energy_shifts": None if energy_shifts is None else dict(energy_shifts),
         "fit_to": None if fit_to is None else _frames_digest(fit_to),
+        **({"refit_all": True} if refit_all else {}),
     }
     done = _existing(record, out, inputs)
     if done is not None:
         return done
     with torch_threads(threads):
-        made = _build(source, source_types, type_names, index, mapping, energy_shifts, fit_to)
+        made = _build(
+            source, source_types, type_names, index, mapping, energy_shifts, fit_to, refit_all
+        )
         _export(made, source, out)
     transfer = SpeciesTransfer(
         source=source,
@@ -246,9 +254,12 @@ def frozen_layers(model: Any, layers: int) -> list[Any]:
 
 
 def _checked_map(
-    species_map: Mapping[str, str], source_types: Sequence[str], source: Path
+    species_map: Mapping[str, str],
+    source_types: Sequence[str],
+    source: Path,
+    empty_ok: bool = False,
 ) -> dict[str, str]:
-    if not species_map:
+    if not species_map and not empty_ok:
         raise ModelError(f"{source}: empty species map: nothing to transfer")
     mapping: dict[str, str] = {}
     for new, old in species_map.items():
@@ -337,6 +348,7 @@ def _build(
     mapping: dict[str, str],
     energy_shifts: Mapping[str, float] | None,
     fit_to: Sequence[Atoms] | None,
+    refit_all: bool = False,
 ) -> _Made:
     from nequip.model.saved_models.load_utils import load_saved_model
     from nequip.utils.global_state import set_global_state
@@ -359,7 +371,7 @@ def _build(
     shifts = {t: old_shifts[by_new[t]] for t in type_names} if old_shifts is not None else None
     wanted = dict(energy_shifts or {})
     if fit_to is not None:
-        wanted = _fitted_shifts(source, fit_to, mapping, old_shifts or {}, source_types)
+        wanted = _fitted_shifts(source, fit_to, mapping, old_shifts or {}, source_types, refit_all)
     if wanted:
         shifts = {
             t: wanted.get(t, v) for t, v in (shifts or dict.fromkeys(type_names, 0.0)).items()
@@ -368,9 +380,10 @@ def _build(
     model = _instantiate(new_builder, source)
     state = _remapped_state(old_model.state_dict(), model, len(source_types), index, source)
     model.load_state_dict(state, strict=True)
+    changed = by_new if refit_all else {new: old for new, old in mapping.items()}
     changes = {
         new: (shifts or {}).get(new, 0.0) - (old_shifts or {}).get(old, 0.0)
-        for new, old in mapping.items()
+        for new, old in changed.items()
         if new in type_names
     }
     # packaged models are stored in training mode (nequip's training relies on it: in eval mode
@@ -553,15 +566,21 @@ def _fitted_shifts(
     mapping: dict[str, str],
     old_shifts: dict[str, float],
     source_types: list[str],
+    refit_all: bool = False,
 ) -> dict[str, float]:
-    """New elements' shifts that zero the transferred model's least-squares energy error on
-    ``frames``: the source model on the relabeled frames, residuals fitted on atom counts."""
+    """New elements' shifts (``refit_all``: every type's in the frames) that zero the new
+    model's least-squares energy error on ``frames``: the source model on the relabeled frames,
+    residuals fitted on atom counts (the smallest change where the counts do not tell the
+    elements apart, e.g. frames of one composition)."""
     import torch
 
     # the calculator runs at the thread count the caller's torch_threads set
     calc = load_calculator(source, device="cpu", threads=torch.get_num_threads())
     residuals, counts = [], []
-    fitted = [new for new in mapping if any(new in f.get_chemical_symbols() for f in frames)]
+    candidates = (
+        [*mapping, *(t for t in source_types if t not in mapping)] if refit_all else mapping
+    )
+    fitted = [t for t in candidates if any(t in f.get_chemical_symbols() for f in frames)]
     for i, atoms in enumerate(frames):
         ref = labels(atoms).get("energy")
         if ref is None or not np.isfinite(ref):
@@ -582,7 +601,7 @@ def _fitted_shifts(
         return {}
     delta, *_ = np.linalg.lstsq(np.array(counts, float), np.array(residuals), rcond=None)
     return {
-        new: old_shifts.get(mapping[new], 0.0) + float(d)
+        new: old_shifts.get(mapping.get(new, new), 0.0) + float(d)
         for new, d in zip(fitted, delta, strict=True)
     }
 

@@ -272,3 +272,40 @@ def test_bad_species_maps_are_clear_errors_naming_the_file(source_model, tmp_pat
     assert result.exit_code == 1 and "expected NEW=OLD" in result.stderr
     result = runner.invoke(app, ["train", str(frames), "-o", str(tmp_path / "m"), "--species-map", "Ag=Cu"])  # fmt: skip
     assert result.exit_code == 1 and "--species-map needs --init" in result.stderr
+    result = runner.invoke(app, ["train", str(frames), "-o", str(tmp_path / "m"), "--refit-references"])  # fmt: skip
+    assert result.exit_code == 1 and "--refit-references needs --init" in result.stderr
+
+
+def test_refit_all_moves_every_reference_by_the_change_of_level(source_model, tmp_path):
+    """Fine-tuning to another level: every element's energy shift is re-fitted. Frames of three
+    compositions (1-3 Al in 8), and the same frames at a 'level' whose references differ by
+    +0.7 eV per Cu and -0.3 eV per Al: the two refits differ by exactly those; forces keep."""
+    frames = []
+    for n_al in (1, 2, 3):
+        for i in range(2):
+            atoms = bulk("Cu", "fcc", a=3.9, cubic=True).repeat((2, 1, 1))
+            atoms.symbols[list(range(n_al))] = "Al"
+            atoms.rattle(0.08, seed=10 * n_al + i)
+            atoms.calc = EMT()
+            frames.append(label(atoms, atoms.get_potential_energy(), atoms.get_forces()))
+    shifted = []
+    for atoms in frames:
+        symbols = atoms.get_chemical_symbols()
+        offset = 0.7 * symbols.count("Cu") - 0.3 * symbols.count("Al")
+        shifted.append(label(atoms, labels(atoms)["energy"] + offset, labels(atoms)["forces"]))
+    same = transfer_species(
+        source_model.package, tmp_path / "same.nequip.zip", {}, fit_to=frames, refit_all=True
+    )
+    other = transfer_species(
+        source_model.package, tmp_path / "other.nequip.zip", {}, fit_to=shifted, refit_all=True
+    )
+    assert other.type_names == same.type_names == model_species(source_model.package)
+    assert other.shift_changes["Cu"] - same.shift_changes["Cu"] == pytest.approx(0.7, abs=1e-4)
+    assert other.shift_changes["Al"] - same.shift_changes["Al"] == pytest.approx(-0.3, abs=1e-4)
+    probe = frames[3].copy()
+    probe.calc = load_calculator(other.package, device="cpu", threads=NEQUIP_TEST_THREADS)
+    reference = frames[3].copy()
+    reference.calc = load_calculator(source_model.package, device="cpu", threads=1)
+    np.testing.assert_allclose(probe.get_forces(), reference.get_forces(), atol=1e-5)
+    with pytest.raises(ModelError, match="empty species map"):
+        transfer_species(source_model.package, tmp_path / "x.nequip.zip", {}, fit_to=frames)
