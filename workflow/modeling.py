@@ -200,7 +200,7 @@ def _force_rmse(result: dict[str, Any]) -> str:
     force = result.get("force_rmse_mev_per_ang")
     if force is None:
         return "n/a (no force labels: energy-only frames)"
-    n = result.get("n_frames")
+    n = result.get("n_frames", result.get("n_val"))  # a model's record: its validation frames
     with_forces = result.get("n_frames_with_forces", n)
     return f"{force:.1f} meV/Å" + (f" ({with_forces} of {n} frames)" if with_forces != n else "")
 
