@@ -268,6 +268,14 @@ def train_command(
             "start model to DATA first: fine-tuning to another level of theory.",
         ),
     ] = False,
+    freeze_layers: Annotated[
+        int,
+        typer.Option(
+            "--freeze-layers",
+            help="Keep the type embedding and the first N interaction layers as they start "
+            "(with --init: transfer learning).",
+        ),
+    ] = 0,
 ) -> None:
     """Train a NequIP model (package + compiled model + model.json record) on labeled frames;
     with --method, a potential from labels at several levels of theory."""
@@ -303,6 +311,7 @@ def train_command(
             compile=compile_model,
             species_map=parse_species_map(species_map) if species_map else None,
             refit_references=refit_references,
+            frozen_layers=freeze_layers,
         )
     except (ModelError, DatasetError) as exc:
         raise fail(str(exc)) from None

@@ -46,17 +46,22 @@ def train_model(
     compile: bool = True,
     species_map: Mapping[str, str] | None = None,
     refit_references: bool = False,
+    frozen_layers: int = 0,
 ) -> TrainedModel:
     """Train a model on the frames in ``data`` with the template ``config`` (default: MIL-53).
 
     ``refit_references`` (with ``init``): every element's per-atom energy shift of the start
     model re-fitted to the data first (fine-tuning to another level of theory).
+    ``frozen_layers``: the type embedding and the first this many interaction layers keep their
+    start weights (transfer learning).
 
     ``species_map`` (new element -> source element, with ``init``): start from ``init`` with
     each new element's weights copied from its source (``OUT/transferred.nequip.zip``, see
     docs/element-transfer.md); a source element found in the data stays a type beside its new
     element, any other is replaced; the new elements' energy shifts are fitted to the data."""
-    template, settings = _template_settings(config, epochs)
+    template, settings = _template_settings(config, epochs, frozen_layers)
+    if frozen_layers and init is None:
+        raise ModelError("--freeze-layers needs --init (the trained model whose layers it keeps)")
     if species_map or refit_references:
         if init is None:
             what = "--species-map" if species_map else "--refit-references"
@@ -133,8 +138,11 @@ def train_levels(
     )  # fmt: skip
 
 
-def _template_settings(config: Path | None, epochs: int | None) -> tuple[Path, TrainSettings]:
-    """The NequIP template (default: MIL-53) and its settings with ``--epochs`` applied."""
+def _template_settings(
+    config: Path | None, epochs: int | None, frozen_layers: int = 0
+) -> tuple[Path, TrainSettings]:
+    """The NequIP template (default: MIL-53) and its settings with ``--epochs`` (and
+    ``--freeze-layers``) applied."""
     template = Path(config) if config is not None else default_template()
     if not template.is_file():
         raise ModelError(f"{template}: no such NequIP config file")
@@ -143,6 +151,10 @@ def _template_settings(config: Path | None, epochs: int | None) -> tuple[Path, T
         if epochs < 1:
             raise ModelError(f"--epochs: must be at least 1, not {epochs}")
         changes["epochs"] = epochs
+    if frozen_layers:
+        if frozen_layers < 0:
+            raise ModelError(f"--freeze-layers: must be at least 0, not {frozen_layers}")
+        changes["frozen_layers"] = frozen_layers
     return template, TrainSettings.from_template(template, **changes)
 
 

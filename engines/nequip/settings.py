@@ -54,6 +54,9 @@ class TrainSettings:
     validation_fraction: float = 0.1
     # which checkpoint becomes the deployed model: lowest validation force RMSE, or the last
     checkpoint: str = "best"
+    # transfer learning: the type embedding and the first this many interaction layers keep the
+    # weights they start with (surgery.frozen_layers); 0: everything trains
+    frozen_layers: int = 0
 
     @classmethod
     def from_template(cls, template: Path | None = None, **changes: Any) -> TrainSettings:
@@ -87,6 +90,8 @@ class TrainSettings:
             problems.append("loss weights must be >= 0")
         if not 0.0 < self.validation_fraction < 1.0:
             problems.append("validation_fraction must be between 0 and 1")
+        if self.frozen_layers < 0:
+            problems.append("frozen_layers must be >= 0")
         if self.checkpoint not in ("best", "last"):
             problems.append("checkpoint must be 'best' or 'last'")
         if self.accelerator not in ("auto", "cpu", "gpu", "cuda"):

@@ -173,6 +173,10 @@ def _plan(
         # a warm start keeps the package's architecture (l_max, layers, features are unused);
         # its cutoff must also be the data's neighbour-list cutoff
         settings = dataclasses.replace(settings, r_max=package_r_max(package_from))
+    else:
+        # frozen layers keep trained weights: from random ones (a campaign's first model, a
+        # transfer's pretraining) everything trains
+        settings = dataclasses.replace(settings, frozen_layers=0)
     forces = forces_mode(frames)
     frames = [with_nan_forces(f) for f in frames]  # energy-only labels: NaN, skipped by the loss
     mode = stress_mode(frames)
@@ -423,6 +427,11 @@ def _overrides(
             "++training_module.loss.ignore_nan={stress:true}",
             "++training_module.val_metrics.ignore_nan={stress:true}",
         ]
+    if settings.frozen_layers:
+        overrides.append(
+            "++training_module.optimizer.param_groups={_target_:"
+            f"hillwalker.engines.nequip.surgery.frozen_layers,layers:{settings.frozen_layers}}}"
+        )
     if package_from is not None:
         # warm start: the previous generation's weights, type names and energy shifts
         overrides += [

@@ -309,3 +309,29 @@ def test_refit_all_moves_every_reference_by_the_change_of_level(source_model, tm
     np.testing.assert_allclose(probe.get_forces(), reference.get_forces(), atol=1e-5)
     with pytest.raises(ModelError, match="empty species map"):
         transfer_species(source_model.package, tmp_path / "x.nequip.zip", {}, fit_to=frames)
+
+
+def test_frozen_layers_keep_their_start_weights_in_a_real_training(source_model, tmp_path):
+    """Two epochs from the source model with frozen_layers=1: the type embedding and the first
+    interaction layer come out as they went in, the second layer trained."""
+    from nequip.model.saved_models.load_utils import load_saved_model
+
+    data = tmp_path / "cu_al.extxyz"
+    write_frames(data, _alloy_frames(("Cu", "Al"), 6, seed=4))
+    model = train(
+        data,
+        tmp_path / "frozen",
+        settings=_settings(frozen_layers=1, learning_rate=0.05),
+        init_from=source_model.package,
+        device="cpu",
+        compile=False,
+        threads=NEQUIP_TEST_THREADS,
+    )
+    before = dict(load_saved_model(str(source_model.package)).named_parameters())
+    after = dict(load_saved_model(str(model.package)).named_parameters())
+    assert before.keys() == after.keys()
+    moved = {name for name in before if not np.array_equal(before[name].detach().numpy(),
+                                                          after[name].detach().numpy())}  # fmt: skip
+    frozen = {n for n in before if "layer0_convnet." in n or "type_embed." in n}
+    assert frozen and not moved & frozen, sorted(moved & frozen)
+    assert any("layer1_convnet." in n for n in moved), sorted(moved)
