@@ -801,7 +801,7 @@ class CampaignRun:
             for name, path in todo.items()
         }
         for name, fut in futures.items():
-            timed: Timed[dict[str, Any]] = fut.result()
+            timed: Timed[dict[str, Any]] = tasks.result_of(fut)
             self._clock.add("train", timed.interval)
             errors[name], digests[name] = timed.result, file_digest(todo[name])
             log.info(

@@ -181,7 +181,7 @@ class _Batch:
                 options,
             )
             pending[future] = i
-        for future in cf.as_completed(pending):
+        for future in tasks.as_completed(pending):
             i = pending[future]
             error = future.exception()
             if error is None:

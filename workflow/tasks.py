@@ -11,8 +11,10 @@ tasks that come after it in the same worker: resources are passed to each engine
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import os
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -197,3 +199,26 @@ def score_model(
         found = [f for f in found if f.info.get("level", level) == level]
     errors = score_frames(Path(model), found, source=frames, threads=threads)
     return Timed(errors, started, time.time())
+
+
+#: seconds a waiting main thread sleeps at a time (see :func:`result_of`)
+WAIT_SLICE = 1.0
+
+
+def result_of(future: cf.Future[T]) -> T:
+    """``future.result()``, waited for in slices: a Ctrl-C (SIGINT) that the kernel delivers to
+    another thread (Parsl's, ZMQ's) does not wake a main thread blocked in an untimed lock wait
+    (CPython), so an untimed wait could outlast Ctrl-C by the whole task."""
+    while True:
+        try:
+            return future.result(timeout=WAIT_SLICE)
+        except cf.TimeoutError:
+            continue
+
+
+def as_completed(futures: Iterable[cf.Future[Any]]) -> Iterator[cf.Future[Any]]:
+    """``concurrent.futures.as_completed``, waited for in slices (see :func:`result_of`)."""
+    pending = set(futures)
+    while pending:
+        done, pending = cf.wait(pending, timeout=WAIT_SLICE, return_when=cf.FIRST_COMPLETED)
+        yield from done

@@ -40,7 +40,9 @@ def test_an_unknown_level_file_is_refused_by_name(tmp_path: Path) -> None:
         load_level(other)
     no_code = tmp_path / "level.yaml"
     no_code.write_text("method: gfn2\n")
-    with pytest.raises(LevelError, match=r"level\.yaml: code: missing \(one of pyscf, stillinger-weber, tblite\)"):
+    with pytest.raises(
+        LevelError, match=r"level\.yaml: code: missing \(one of pyscf, stillinger-weber, tblite\)"
+    ):
         load_level(no_code)
     with pytest.raises(LevelError, match=r"missing\.inp: cannot read the level file"):
         load_level(tmp_path / "missing.inp")

@@ -151,13 +151,16 @@ def test_a_task_longer_than_the_block_is_refused_before_submitting(tmp_path: Pat
 CTRL_C_SCRIPT = """
 import faulthandler, signal, subprocess, sys
 from hillwalker.execution import Execution
+from hillwalker.tasks import result_of
 # SIGUSR1: every thread's stack on stderr (what a slow Ctrl-C waits on; see the test)
 faulthandler.register(signal.SIGUSR1, all_threads=True)
 with Execution(run_dir=sys.argv[1]) as ex:
     # a task running a program, like CP2K: it must not outlive Ctrl-C either
     future = ex.submit("md", subprocess.run, ["sleep", "120"])
     print("submitted", flush=True)
-    future.result()
+    # waited for in slices, as the campaign waits: an untimed future.result() missed a Ctrl-C
+    # that the kernel gave to another thread (the flake this test had under load)
+    result_of(future)
 """
 
 
