@@ -40,7 +40,7 @@ def package_checkpoint(checkpoint: Path, out: Path, *, threads: int | None = Non
     log = out.with_name("package.log")
     # the archive is named after its file, so the temporary file (in a temporary folder) has
     # the final name
-    with _partial(out) as partial:
+    with partial_file(out) as partial:
         command = [tool("nequip-package"), "build", str(checkpoint), str(partial)]
         run_logged(command, log, cwd=out.parent, what="nequip-package", threads=threads)
     return out
@@ -76,7 +76,7 @@ def compile_model(
     device = resolve_device(device)
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.with_name("compile.log")
-    with _partial(out) as partial:
+    with partial_file(out) as partial:
         if stress:
             fields = ["--target", "ase"]
         else:  # the ase target's inputs and single-frame shapes, its outputs less the stress
@@ -94,7 +94,7 @@ def compile_model(
 
 
 @contextlib.contextmanager
-def _partial(out: Path) -> Iterator[Path]:
+def partial_file(out: Path) -> Iterator[Path]:
     """A path with ``out``'s name in a temporary folder beside it; moved onto ``out`` on success."""
     folder = Path(tempfile.mkdtemp(prefix=f".partial-{out.name}-", dir=out.parent))
     try:

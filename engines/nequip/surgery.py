@@ -34,13 +34,10 @@ and the shifts; a call with the same inputs returns the existing package.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
-import shutil
-import tempfile
 import zipfile
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +49,12 @@ from ase.data import atomic_numbers
 
 from hillwalker.engines.dataset import labels
 from hillwalker.engines.files import atomic_write_json, file_digest, read_json
-from hillwalker.engines.nequip.deploy import load_calculator, model_species, package_r_max
+from hillwalker.engines.nequip.deploy import (
+    load_calculator,
+    model_species,
+    package_r_max,
+    partial_file,
+)
 from hillwalker.engines.nequip.model_files import ModelError, package_path, short_error
 from hillwalker.engines.nequip.threads import torch_threads
 
@@ -690,7 +692,7 @@ def _export(made: _Made, source: Path, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     importer = torch.package.importer.sys_importer
     with (
-        _partial(out) as partial,
+        partial_file(out) as partial,
         _suppress_package_importer_exporter_warnings(),
         torch.package.PackageExporter(str(partial), importer=(importer,), debug=True) as exporter,
     ):
@@ -717,15 +719,3 @@ def _package_version_id() -> int:
         root.handlers[:] = handlers
         root.setLevel(level)
     return int(_CURRENT_NEQUIP_PACKAGE_VERSION)
-
-
-@contextlib.contextmanager
-def _partial(out: Path) -> Iterator[Path]:
-    """A path with ``out``'s name in a temporary folder beside it, moved onto ``out`` on success
-    (a package is named after its file)."""
-    folder = Path(tempfile.mkdtemp(prefix=f".partial-{out.name}-", dir=out.parent))
-    try:
-        yield folder / out.name
-        (folder / out.name).replace(out)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
