@@ -201,17 +201,22 @@ def transfer_species(
             source, source_types, type_names, index, mapping, energy_shifts, fit_to, refit_all
         )
         _export(made, source, out)
-    transfer = SpeciesTransfer(
-        source=source,
-        package=out,
-        record=record,
-        species_map=dict(mapping),
-        type_names=type_names,
-        source_type_names=list(source_types),
-        energy_shifts=made.shifts,
-        shift_changes=made.shift_changes,
-        r_max=model_r_max,
-    )
+    _write_record(record, source, out, mapping, type_names, source_types, made, model_r_max, inputs)
+    return SpeciesTransfer.read(record)
+
+
+def _write_record(
+    record: Path,
+    source: Path,
+    out: Path,
+    mapping: dict[str, str],
+    type_names: list[str],
+    source_types: list[str],
+    made: _Made,
+    r_max: float,
+    inputs: dict[str, Any],
+) -> None:
+    """The record beside the package, written last (its presence marks the package complete)."""
     atomic_write_json(
         record,
         {
@@ -219,17 +224,16 @@ def transfer_species(
             "source": str(source),
             "package": out.name,
             "package_digest": file_digest(out),
-            "species_map": transfer.species_map,
+            "species_map": dict(mapping),
             "type_names": type_names,
-            "source_type_names": transfer.source_type_names,
+            "source_type_names": list(source_types),
             "energy_shifts": made.shifts,
             "shift_changes": made.shift_changes,
-            "r_max": model_r_max,
+            "r_max": r_max,
             "check": made.check,
             "inputs": inputs,
         },
     )
-    return SpeciesTransfer.read(record)
 
 
 def frozen_layers(model: Any, layers: int) -> list[Any]:
