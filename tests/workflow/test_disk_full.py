@@ -17,7 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import fill_disk
-from test_resume import CONFIG, HILLWALKER, called_keys, make, records, start, walker_step
+from test_resume import (
+    CONFIG,
+    HILLWALKER,
+    called_keys,
+    make,
+    records,
+    run_to_end,
+    start,
+    walker_step,
+)
 
 from hillwalker.engines.dataset import read_frames
 from hillwalker.engines.plumed import read_hills
@@ -71,12 +80,7 @@ def test_disk_full_during_md_stops_cleanly_then_resumes(small_disk, tmp_path):
 
     # space freed: the same command finishes the campaign, redoing no finished single point
     filler.unlink()
-    out = subprocess.run(
-        [HILLWALKER, "run", str(root), "--site", str(site)],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    out = run_to_end(root, site, timeout=1200)
     assert out.returncode == 0, out.stdout + out.stderr
     assert not set(called_keys(calls)[calls_before:]) & done_before
     status = json.loads(

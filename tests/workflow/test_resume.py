@@ -110,6 +110,16 @@ def start(root: Path, site: Path, log: Path) -> subprocess.Popen:
     )
 
 
+def run_to_end(root: Path, site: Path, timeout: float) -> subprocess.CompletedProcess:
+    """`hillwalker run` in the foreground, its output captured."""
+    return subprocess.run(
+        [HILLWALKER, "run", str(root), "--site", str(site)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def records(root: Path, kind: str) -> dict[str, dict]:
     folder = root / ".hillwalker/tasks" / kind
     return (
@@ -177,12 +187,7 @@ def test_kill_at_every_stage_then_resume(tmp_path):
     # the reference: the same campaign, never interrupted
     ref = tmp_path / "ref"
     site, ref_calls = make(ref, tmp_path / "ref-calls.txt")
-    out = subprocess.run(
-        [HILLWALKER, "run", str(ref), "--site", str(site)],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
+    out = run_to_end(ref, site, timeout=1800)
     assert out.returncode == 0, out.stdout + out.stderr
 
     root = tmp_path / "killed"
@@ -244,12 +249,7 @@ def test_kill_at_every_stage_then_resume(tmp_path):
     checkpoints.append((len(called_keys(calls)), set(records(root, "single_point"))))
 
     # 5. to the end
-    out = subprocess.run(
-        [HILLWALKER, "run", str(root), "--site", str(site)],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
+    out = run_to_end(root, site, timeout=1800)
     assert out.returncode == 0, out.stdout + out.stderr + log.read_text()
 
     # after each kill, no finished single point ran again; in all, the same ones as uninterrupted
