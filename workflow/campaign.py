@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -77,6 +78,22 @@ class Progress:
 Label = cf.Future[Any] | Atoms
 
 
+@dataclass(frozen=True)
+class Part:
+    """One material's share of a campaign: its view of campaign.yaml (its structure, PLUMED
+    input, walkers and generation0), its live bias and the generation its first frames were
+    labeled in. A campaign of one material has one part, named None."""
+
+    name: str | None
+    cfg: Campaign
+    bias_dir: Path
+    joined: int = 0
+
+    @property
+    def count(self) -> int:
+        return self.cfg.walkers.count
+
+
 class CampaignRun:
     """One invocation of the loop on a started ``Execution``."""
 
@@ -95,6 +112,10 @@ class CampaignRun:
         self.baseline: ReferenceLevel | None = None  # material.baseline, the cheaper level
         self._target_quota: dict[int, int] = {}
         self._walker_keys: dict[tuple[int, int], tuple[str, Path]] = {}
+        self.parts: list[Part] = []
+        #: generation g's walkers in loop order: (part, index within its material)
+        self._slots: dict[int, list[tuple[Part, int]]] = {}
+        self._frames0 = 0  # generation 0's perturbed frames (all materials)
         self._pending_labels: dict[str, tuple[Atoms, dict[str, Any]]] = {}
         self._label_keys: dict[cf.Future[Any], str] = {}
         self._clock = GenerationClock()
@@ -106,7 +127,8 @@ class CampaignRun:
         """Run (or resume) the campaign on a started ``Execution``; returns every model."""
         from hillwalker.engines.levels import load_level
 
-        symbols = set(self.start_structure().get_chemical_symbols())
+        self.parts = self._load_parts()
+        symbols = {s for part in self.parts for s in self.start_structure(part).symbols}
         self._level = load_level(self.dir.root / self.cfg.material.level)
         self._level.check_elements(symbols)
         if self.cfg.material.baseline is not None:
@@ -135,22 +157,17 @@ class CampaignRun:
 
     def generation_zero(self) -> TrainedModel:
         """Perturb the start structure, label the frames, train the first model."""
-        from hillwalker.engines.perturb import perturb
-
         self._begin_generation(0)
         self._report(generation=0, stage="perturbing")
-        g0 = self.cfg.generation0
-        frames = perturb(
-            self.start_structure(),
-            g0.frames,
-            position_sigma=g0.position_sigma,
-            strain=g0.cell_strain,
-            seed=self.cfg.seed,
-        )
-        write_frames(self.dir.generation(0) / "frames.extxyz", frames)
+        frames = self._perturbed(0)
         self._report(stage="labeling")
+        self._slots[0] = []
+        self._frames0 = len(frames)
         chosen = frames[: self._target_count(0)]
-        labels = {i: self._label(frame, generation=0, index=i) for i, frame in enumerate(chosen)}
+        labels = {
+            i: self._label(frame, generation=0, index=i, material=frame.info.get("material"))
+            for i, frame in enumerate(chosen)
+        }
         base: dict[Any, Label] = {}
         if self.baseline is not None:  # the cheap level labels every frame
             base = {
@@ -161,21 +178,115 @@ class CampaignRun:
         return self._train(0, previous=None)
 
     def generation(self, g: int, model: TrainedModel) -> TrainedModel:
-        """Walkers explore with ``model``; their final frames are labeled; the next model trains."""
+        """Walkers explore with ``model``; their final frames are labeled; the next model trains.
+        A material added since the last generation joins here: its generation-0 frames are
+        labeled beside the walkers' (its walkers start in the next generation)."""
         from hillwalker.engines.plumed import snapshot_hills
 
-        w = self.cfg.walkers
         self._begin_generation(g)
-        self._report(generation=g, stage="exploring", walkers_done=0, walkers_total=w.count)
-        self.dir.bias.mkdir(parents=True, exist_ok=True)
+        slots = self._slots[g] = [
+            (p, k) for p in self.parts if p.joined < g for k in range(p.count)
+        ]
+        self._report(generation=g, stage="exploring", walkers_done=0, walkers_total=len(slots))
+        for part in self.parts:
+            part.bias_dir.mkdir(parents=True, exist_ok=True)
+        joining = self._perturbed(g)
+        joined = {
+            len(slots) + n: self._label(
+                frame, generation=g, index=n, material=frame.info["material"]
+            )
+            for n, frame in enumerate(joining)
+        }
         segments, labels, base = self._explore_all(g, model)
         self._report(walkers_done=len(segments), stage="labeling")
+        labels.update(joined)
         labeled, base_labeled = self._wait_labels(labels), self._wait_labels(base)
         self._collect(g, labeled, base_labeled)
         self._update_walker_states(g, segments, labeled, base_labeled)
-        if w.bias != "none":
-            snapshot_hills(self.dir.bias, self.dir.generation(g) / "hills")
+        if self.cfg.walkers.bias != "none":
+            for part in self.parts:
+                hills = self.dir.generation(g) / "hills"
+                if part.joined < g:
+                    snapshot_hills(part.bias_dir, hills if part.name is None else hills / part.name)
         return self._train(g, previous=model)
+
+    # ---- materials ---------------------------------------------------------------------------
+    def _load_parts(self) -> list[Part]:
+        """One part per material. In a campaign of several, each material's joining generation is
+        recorded the first time a run sees it (materials.json, before any of its work): the first
+        generation not yet trained, so a material added to a running campaign starts there."""
+        views = self.cfg.views()
+        if views[0][0] is None:
+            return [Part(None, self.cfg, self.dir.bias)]
+        joins: dict[str, int] = read_json(self.dir.materials) or {}
+        new = [name for name, _ in views if name is not None and name not in joins]
+        first = 0
+        while new and self._trained(first):
+            first += 1
+        joins = {**joins, **{name: first for name in new}}
+        parts = [
+            Part(name, view, self.dir.bias_of(name), joins[name])
+            for name, view in views
+            if name is not None
+        ]
+        self._check_new_elements(parts)
+        if new:
+            self.dir.state.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.dir.materials, joins)
+            if first > 0:
+                log.info("material(s) %s join at generation %d", ", ".join(new), first)
+        return parts
+
+    def _check_new_elements(self, parts: list[Part]) -> None:
+        """A material that joins a running campaign with elements its model has no type for
+        cannot warm-start that model: refused, with the way out (element-transfer surgery)."""
+        if self.cfg.training.mode != "warm":
+            return
+        for n, part in enumerate(parts):
+            if part.joined == 0:
+                continue
+            known = {
+                s
+                for other in parts
+                if other.joined < part.joined
+                for s in self.start_structure(other).symbols
+            }
+            new = sorted(set(self.start_structure(part).symbols) - known)
+            if new:
+                model = self.dir.model_dir(part.joined - 1).relative_to(self.dir.root)
+                raise CampaignError(
+                    f"{self.dir.root / 'campaign.yaml'}: materials.{n} ({part.name}): "
+                    f"{', '.join(new)} joins a campaign whose model has no type for it (warm "
+                    "starts cannot add a type). Take it out again, and start a new campaign "
+                    f"with all materials from this one's model: training.init: {model} (from "
+                    f"there) and training.species_map mapping each new element onto a known "
+                    f"one (e.g. {{{new[0]}: {sorted(known)[0]}}}); docs/element-transfer.md"
+                )
+
+    def _perturbed(self, g: int) -> list[Atoms]:
+        """Generation-0 frames of every material joining at generation g (each material's own
+        generation0 settings; the material named in each frame), written to frames.extxyz."""
+        from hillwalker.engines.perturb import perturb
+
+        frames = []
+        for part in self.parts:
+            if part.joined != g:
+                continue
+            g0 = part.cfg.generation0
+            new = perturb(
+                self.start_structure(part),
+                g0.frames,
+                position_sigma=g0.position_sigma,
+                strain=g0.cell_strain,
+                seed=self.cfg.seed if part.name is None else _seed(self.cfg.seed, part.name),
+            )
+            for frame in new:
+                if part.name is not None:
+                    frame.info["material"] = part.name
+            frames += new
+        if frames:
+            write_frames(self.dir.generation(g) / "frames.extxyz", frames)
+        return frames
 
     def _trained(self, g: int) -> bool:
         return any(
@@ -238,7 +349,7 @@ class CampaignRun:
         labeling.target_* allow. Counted from the generations before g only, so a resumed run
         chooses as the uninterrupted one did."""
         if g not in self._target_quota:
-            cfg, count = self.cfg, self.cfg.walkers.count if g else self.cfg.generation0.frames
+            cfg, count = self.cfg, len(self._slots[g]) if g else self._frames0
             if self.baseline is not None:
                 wanted = (
                     cfg.generation0.target_frames if g == 0 else cfg.labeling.target_per_generation
@@ -258,6 +369,7 @@ class CampaignRun:
         walker: int | None = None,
         level: ReferenceLevel | None = None,
         snapshot: int | None = None,
+        material: str | None = None,
     ) -> Label:
         """Submit a single point at ``level`` (default: material.level) unless its record says
         it is finished (done or failed). Records are keyed by (frame, level)."""
@@ -275,6 +387,7 @@ class CampaignRun:
             "task_id": f"sp-{key}",
             "index": index,
             **({} if snapshot is None else {"snapshot": snapshot}),
+            **({} if material is None else {"material": material}),
         }
         self._pending_labels[key] = (frame, provenance)
         adopted = self._adopt_label(key, level)
@@ -432,7 +545,7 @@ class CampaignRun:
         labels: dict[int, Label] = {}
         base: dict[Any, Label] = {}
         running: dict[cf.Future[Any], int] = {}
-        for i in range(self.cfg.walkers.count):
+        for i in range(len(self._slots[g])):
             found = self._explore(g, i, model)
             if isinstance(found, cf.Future):
                 running[found] = i
@@ -461,8 +574,9 @@ class CampaignRun:
         the first walkers the target quota allows), and with a baseline, its snapshots and
         final frame at the baseline level."""
         frame = _to_label(segment)
+        part, k = self._slots[g][i]
         if i < self._target_count(g):
-            labels[i] = self._label(frame, generation=g, index=i, walker=i)
+            labels[i] = self._label(frame, generation=g, index=i, walker=k, material=part.name)
         if self.baseline is None:
             return
         for s, snap in enumerate(self._snapshots(g, i)):
@@ -490,7 +604,7 @@ class CampaignRun:
         try:
             import ase.io
 
-            found = ase.io.read(self.dir.walker_dir(g, i) / TRAJECTORY_NAME, index=f"1:{n + 1}")
+            found = ase.io.read(self._walker_dir(g, i) / TRAJECTORY_NAME, index=f"1:{n + 1}")
         except Exception as exc:  # a segment that died at its start has no trajectory
             log.warning("generation %d walker %d: no trajectory snapshots (%s)", g, i, exc)
             found = []
@@ -508,27 +622,33 @@ class CampaignRun:
         write_frames(path, frames)
         return str(path.relative_to(self.dir.root))
 
+    def _walker_dir(self, g: int, i: int) -> Path:
+        part, k = self._slots[g][i]
+        return self.dir.walker_dir(g, k, part.name)
+
     def _start_of(self, g: int, i: int) -> Path:
         """Where walker i starts generation g: its last good state (or the start structure)."""
+        part, k = self._slots[g][i]
         states = self._walker_states(g - 1)
-        start = states.get(str(i)) if self.cfg.walkers.start == "continue" else None
-        return Path(start) if start else self._start_structure_file()
+        start = states.get(_state_key(part, k)) if self.cfg.walkers.start == "continue" else None
+        return Path(start) if start else self._start_structure_file(part)
 
     def _explore(self, g: int, i: int, model: TrainedModel) -> WalkerSegment | cf.Future[Any]:
         """The walker's recorded segment, or a segment submitted to run."""
         from hillwalker.engines.potentials import potential_digest
         from hillwalker.engines.walkers import Walker
 
-        w = self.cfg.walkers
+        part, k = self._slots[g][i]
+        w = part.cfg.walkers
         start = self._start_of(g, i)
-        walker_settings = settings.walker_settings(self.cfg)
-        seed = self.cfg.seed * 1000 + g * 100 + i
+        walker_settings = settings.walker_settings(part.cfg)
+        seed = self.cfg.seed * 1000 + g * 100 + k
         deployed = self._deployed(model)
-        plumed = self.dir.root / self.cfg.material.plumed
+        plumed = self.dir.root / part.cfg.plumed_file
         key = task_key(
             "walker",
             g,
-            i,
+            k,
             potential_digest(deployed),
             file_digest(start),
             dataclasses.asdict(walker_settings),
@@ -536,6 +656,7 @@ class CampaignRun:
             w.bias,
             w.count,
             file_digest(plumed),
+            *(() if part.name is None else (part.name,)),
         )
         self._walker_keys[(g, i)] = (key, start)
         record = self.dir.record("walker", key)
@@ -543,7 +664,7 @@ class CampaignRun:
             self.progress.skipped += 1
             return _segment_from_record(record, self.dir.root)
         walker = Walker(
-            index=i, generation=g, n_walkers=w.count, bias_dir=self.dir.bias, bias=w.bias
+            index=k, generation=g, n_walkers=w.count, bias_dir=part.bias_dir, bias=w.bias
         )
         return self.ex.submit(
             "md",
@@ -551,7 +672,7 @@ class CampaignRun:
             str(deployed),
             str(start),
             str(plumed),
-            str(self.dir.walker_dir(g, i)),
+            str(self._walker_dir(g, i)),
             walker=walker,
             settings=walker_settings,
             seed=seed,
@@ -573,8 +694,10 @@ class CampaignRun:
         if segment.failed is not None:
             failed_path = self.dir.task_dir("walker", key) / "failed.extxyz"
             write_frames(failed_path, [segment.failed])
+        part, _ = self._slots[g][i]
         record = {
             **_segment_record(segment),
+            **({} if part.name is None else {"material": part.name}),
             "final": str(final_path.relative_to(self.dir.root)),
             "failed": str(failed_path.relative_to(self.dir.root)) if failed_path else None,
             "cv": segment.final.info.get("cv"),
@@ -583,7 +706,7 @@ class CampaignRun:
             "seconds": timed.seconds,
         }
         self.dir.save_record("walker", key, record)
-        _log_walker_events(g, i, segment.events)
+        _log_walker_events(g, self._walker_name(g, i), segment.events)
         return segment
 
     def _update_walker_states(
@@ -602,7 +725,7 @@ class CampaignRun:
             good = segment.status == STATUS_DONE and all(
                 f.info.get("status") == STATUS_DONE for f in finals
             )
-            states[str(i)] = str(segment.state_path) if good else str(start)
+            states[_state_key(*self._slots[g][i])] = str(segment.state_path) if good else str(start)
         atomic_write_json(self.dir.walker_states(g), states)
 
     def _walker_states(self, g: int) -> dict[str, str]:
@@ -615,8 +738,8 @@ class CampaignRun:
         from hillwalker.engines.walkers import LOG_NAME
 
         steps = {}
-        for i in range(self.cfg.walkers.count):
-            path = self.dir.walker_dir(g, i) / LOG_NAME
+        for i in range(len(self._slots[g])):
+            path = self._walker_dir(g, i) / LOG_NAME
             try:
                 with path.open("rb") as handle:
                     handle.seek(max(0, path.stat().st_size - 400))
@@ -893,16 +1016,24 @@ class CampaignRun:
         self._clock = GenerationClock()
         self._skipped_before = self.progress.skipped
 
-    def start_structure(self) -> Atoms:
+    def start_structure(self, part: Part | None = None) -> Atoms:
+        """The start structure of ``part`` (default: of a campaign of one material)."""
         from hillwalker.validate import read_structure
 
-        return read_structure(self.dir.root / self.cfg.material.structure)
+        cfg = self.cfg if part is None else part.cfg
+        return read_structure(self.dir.root / cfg.structure_file)
 
-    def _start_structure_file(self) -> Path:
+    def _start_structure_file(self, part: Part) -> Path:
         path = self.dir.start_frame
+        if part.name is not None:
+            path = path.with_name(f"start-{part.name}.extxyz")
         if not path.exists():
-            write_frames(path, [self.start_structure()])
+            write_frames(path, [self.start_structure(part)])
         return path
+
+    def _walker_name(self, g: int, i: int) -> str:
+        part, k = self._slots[g][i]
+        return str(k) if part.name is None else f"{part.name}/{k}"
 
     def _report(self, **fields: Any) -> None:
         for key, value in fields.items():
@@ -966,7 +1097,17 @@ def _segment_from_record(record: dict[str, Any], root: Path) -> WalkerSegment:
     return WalkerSegment(**values)
 
 
-def _log_walker_events(g: int, i: int, events: list[dict[str, Any]]) -> None:
+def _seed(seed: int, material: str) -> int:
+    """A material's own seed: two materials never get the same perturbations."""
+    return seed + int(hashlib.sha256(material.encode()).hexdigest()[:8], 16)
+
+
+def _state_key(part: Part, k: int) -> str:
+    """A walker's entry in walkers.json: its index, or material/index with several materials."""
+    return str(k) if part.name is None else f"{part.name}/{k}"
+
+
+def _log_walker_events(g: int, i: str, events: list[dict[str, Any]]) -> None:
     for event in events:
         if event.get("kind") == "blow_up":
             reset = event.get("reset_to") or f"step {event.get('reset_to_step')}"
@@ -983,7 +1124,9 @@ def _log_walker_events(g: int, i: int, events: list[dict[str, Any]]) -> None:
 
 
 def _where(frame: Atoms) -> str:
-    return f"generation {frame.info.get('generation')} frame {frame.info.get('index')}"
+    material = frame.info.get("material")
+    where = f"generation {frame.info.get('generation')} frame {frame.info.get('index')}"
+    return where if material is None else f"{where} ({material})"
 
 
 def _fmt(value: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from hillwalker.campaign import CampaignError
 from hillwalker.config import Campaign
@@ -29,13 +30,19 @@ def check_changes(cdir: CampaignDir, cfg: Campaign, *, force: bool = False) -> l
     """
     root = cdir.root
     m = cfg.material
+    views = cfg.views()
     now = {
         "level": file_digest(root / m.level),
         "baseline": file_digest(root / m.baseline) if m.baseline else None,
-        "structure": file_digest(root / m.structure),
-        "plumed": file_digest(root / m.plumed),
-        # unset options (None) left out: a run recorded before an option existed compares equal
-        "generation0": cfg.generation0.model_dump(exclude_none=True),
+        # a campaign of several materials: by material (one added is a safe change)
+        **_by_material(
+            views,
+            structure=lambda view: file_digest(root / view.structure_file),
+            plumed=lambda view: file_digest(root / view.plumed_file),
+            # unset options (None) left out: a run recorded before an option existed compares
+            # equal
+            generation0=lambda view: view.generation0.model_dump(exclude_none=True),
+        ),
         "seed": cfg.seed,
         "init": _init_digest(cdir, cfg),
         "config": cfg.model_dump(),
@@ -54,7 +61,7 @@ def check_changes(cdir: CampaignDir, cfg: Campaign, *, force: bool = False) -> l
         unsafe = [
             f"{key} changed: {why}"
             for key, why in UNSAFE_CHANGES.items()
-            if before.get(key) != now[key]
+            if _changed(before.get(key), now[key])
         ]
         if unsafe and not force:
             raise CampaignError(
@@ -71,6 +78,27 @@ def check_changes(cdir: CampaignDir, cfg: Campaign, *, force: bool = False) -> l
                 )
     atomic_write_json(path, now)
     return notes
+
+
+def _by_material(
+    views: list[tuple[str | None, Campaign]], **digests: Callable[[Campaign], object]
+) -> dict[str, object]:
+    """Each digest of the one material, or ``{"materials": {name: digest}}``."""
+    if views[0][0] is None:
+        return {key: digest(views[0][1]) for key, digest in digests.items()}
+    return {
+        key: {"materials": {name: digest(view) for name, view in views}}
+        for key, digest in digests.items()
+    }
+
+
+def _changed(before: object, now: object) -> bool:
+    """A setting of the last run changed; for settings by material, a material's setting
+    changed or a material was removed (a material added is no change of the others')."""
+    if isinstance(before, dict) and isinstance(now, dict) and set(before) == {"materials"}:
+        old, new = before["materials"], now.get("materials", {})
+        return any(name not in new or new[name] != value for name, value in old.items())
+    return before != now
 
 
 def _set(section: object) -> object:

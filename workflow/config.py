@@ -43,8 +43,10 @@ class _Model(BaseModel):
 
 
 class Material(_Model):
-    structure: str = Field(
-        description="Start structure (CIF or extxyz), relative to the campaign dir."
+    structure: str | None = Field(
+        None,
+        description="Start structure (CIF or extxyz), relative to the campaign dir (each "
+        "materials entry's own in a campaign of several materials).",
     )
     level: str = Field(
         description="Level of theory of every label (the target level where there is a "
@@ -56,9 +58,43 @@ class Material(_Model):
         "campaign makes, while the level above labels only a chosen few (labeling.target_*); "
         "training.method says how the two are learned.",
     )
-    plumed: str = Field(description="PLUMED input (PLUMED units: nm, ps, kJ/mol); CVs and METAD.")
+    plumed: str | None = Field(
+        None,
+        description="PLUMED input (PLUMED units: nm, ps, kJ/mol); CVs and METAD (each "
+        "materials entry's own in a campaign of several materials).",
+    )
     nequip: str = Field(
         description="NequIP hydra config template (YAML) for every generation's model."
+    )
+
+
+#: a material's name: a directory name (its bias lives in bias/NAME) and a word in logs
+MATERIAL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
+
+
+class MaterialEntry(_Model):
+    """One material of a campaign of several: its own start structure, bias and walkers, one
+    model for all (docs/multi-material.md)."""
+
+    name: str = Field(
+        pattern=MATERIAL_NAME,
+        max_length=64,
+        description="The material's name: in every frame's provenance, its bias directory "
+        "(bias/NAME) and the per-material errors.",
+    )
+    structure: str = Field(description="Start structure (CIF or extxyz).")
+    plumed: str = Field(
+        description="PLUMED input of this material's walkers (its own CVs, walls and bias)."
+    )
+    walkers: dict[str, Any] = Field(
+        default_factory=dict,
+        description="This material's changes to the campaign's walkers section (count, "
+        "temperature, pressure, steps, ...).",
+    )
+    generation0: dict[str, Any] = Field(
+        default_factory=dict,
+        description="This material's changes to the campaign's generation0 section (frames, "
+        "position_sigma, cell_strain).",
     )
 
 
@@ -248,6 +284,14 @@ class Labeling(_Model):
 class Campaign(_Model):
     name: str = Field("campaign", description="A name for logs and reports.")
     material: Material
+    materials: list[MaterialEntry] | None = Field(
+        None,
+        min_length=1,
+        description="Several materials learned by one model: each with its own start "
+        "structure, PLUMED input, walkers and generation-0 frames; material names the levels "
+        "and the NequIP template they share. Without it the campaign has one material "
+        "(material.structure, material.plumed).",
+    )
     generation0: Generation0 = Field(default_factory=Generation0)  # type: ignore[arg-type]
     walkers: Walkers = Field(default_factory=Walkers)  # type: ignore[arg-type]
     training: Training = Field(default_factory=Training)  # type: ignore[arg-type]
@@ -258,6 +302,94 @@ class Campaign(_Model):
     seed: int = Field(
         0, ge=0, description="Seed of every random choice (perturbations, MD, training)."
     )
+
+    @model_validator(mode="after")
+    def _materials(self) -> Campaign:
+        m = self.material
+        if self.materials is None:
+            for key in ("structure", "plumed"):
+                if getattr(m, key) is None:
+                    raise ValueError(
+                        f"material.{key}: missing (or list several materials under materials:)"
+                    )
+            return self
+        for key in ("structure", "plumed"):
+            if getattr(m, key) is not None:
+                raise ValueError(
+                    f"material.{key}: with materials: each material names its own {key} "
+                    "(material keeps the levels and the NequIP template they share)"
+                )
+        seen: set[str] = set()
+        for n, entry in enumerate(self.materials):
+            if entry.name in seen:
+                raise ValueError(f"materials.{n}.name: {entry.name!r} is used twice")
+            seen.add(entry.name)
+            _merged(Walkers, self.walkers, entry.walkers, f"materials.{n}.walkers")
+            _merged(Generation0, self.generation0, entry.generation0, f"materials.{n}.generation0")
+            for key in ("bias", "start"):
+                if key in entry.walkers:
+                    raise ValueError(
+                        f"materials.{n}.walkers.{key}: one setting for all materials "
+                        f"(campaign walkers.{key})"
+                    )
+            if "target_frames" in entry.generation0:
+                raise ValueError(
+                    f"materials.{n}.generation0.target_frames: one setting for all materials"
+                )
+        rules = ("coverage_generations", "fes_change_kj_per_mol")
+        for rule in rules:
+            if getattr(self.stop, rule) is not None:
+                raise ValueError(
+                    f"stop.{rule}: not yet for a campaign of several materials (each material "
+                    "has its own CVs and bias)"
+                )
+        if m.baseline is not None:
+            raise ValueError(
+                "material.baseline: a campaign of several materials has one level of theory for now"
+            )
+        return self
+
+    def views(self) -> list[tuple[str | None, Campaign]]:
+        """(name, campaign of that material alone) for every material: the campaign itself
+        (name None) without materials:, else one per entry, its structure, PLUMED input,
+        walkers and generation0 in place of the campaign's."""
+        if self.materials is None:
+            return [(None, self)]
+        return [(entry.name, self.view(entry.name)) for entry in self.materials]
+
+    def view(self, name: str) -> Campaign:
+        """The campaign of material ``name`` alone (see :meth:`views`)."""
+        for entry in self.materials or []:
+            if entry.name == name:
+                break
+        else:
+            raise KeyError(name)
+        return self.model_copy(
+            update={
+                "material": self.material.model_copy(
+                    update={"structure": entry.structure, "plumed": entry.plumed}
+                ),
+                "materials": None,
+                "walkers": _merged(Walkers, self.walkers, entry.walkers, "walkers"),
+                "generation0": _merged(
+                    Generation0, self.generation0, entry.generation0, "generation0"
+                ),
+            }
+        )
+
+    @property
+    def structure_file(self) -> str:
+        """material.structure of a one-material campaign (or view)."""
+        if self.material.structure is None:
+            raise ValueError("a campaign of several materials: take each one's view()")
+        return self.material.structure
+
+    @property
+    def plumed_file(self) -> str:
+        """material.plumed of a one-material campaign (or view)."""
+        if self.material.plumed is None:
+            raise ValueError("a campaign of several materials: take each one's view()")
+        return self.material.plumed
 
     @model_validator(mode="after")
     def _fes_rule_has_a_shared_bias(self) -> Campaign:
@@ -337,6 +469,17 @@ class Campaign(_Model):
 
     def path(self, directory: Path, relative: str) -> Path:
         return (directory / relative).resolve()
+
+
+def _merged(model: type[M], base: BaseModel, changes: dict[str, Any], where: str) -> M:
+    """``base`` with ``changes`` applied, validated as a whole (errors name ``where``)."""
+    try:
+        return model.model_validate({**base.model_dump(), **changes})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(part) for part in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ValueError(f"{where}.{key}: {msg}") from None
 
 
 def read_yaml(path: Path) -> Any:

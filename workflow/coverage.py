@@ -7,18 +7,23 @@ import numpy as np
 
 from hillwalker import fes
 from hillwalker.engines.plumed import HillsError, colvar_rows, read_hills
-from hillwalker.state import CampaignDir
+from hillwalker.state import CampaignDir, walker_material
 
 #: grid points per CV where two generations' surfaces are compared (1 CV; 2 CVs: 41 x 41)
 FES_POINTS = {1: 201, 2: 41}
 
 
-def cv_ranges(cdir: CampaignDir, up_to: int | None = None) -> dict[str, list[float]]:
+def cv_ranges(
+    cdir: CampaignDir, up_to: int | None = None, material: str | None = None
+) -> dict[str, list[float]]:
     """[min, max] of every CV over the walkers' COLVARs of generations ≤ ``up_to`` (all when
-    None), in PLUMED units as printed; bias columns and time are left out."""
+    None) of ``material`` (in a campaign of several; None: every walker), in PLUMED units as
+    printed; bias columns and time are left out."""
     ranges: dict[str, list[float]] = {}
     for g, _, directory in cdir.walker_dirs():
         if up_to is not None and g > up_to:
+            continue
+        if material is not None and walker_material(directory) != material:
             continue
         for colvar in sorted(directory.glob("COLVAR*")):
             for row in colvar_rows(colvar):

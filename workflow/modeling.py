@@ -253,4 +253,9 @@ def describe_errors(result: dict[str, Any]) -> str:
     by_element = result["force_rmse_by_element"]
     for element in sorted(by_element, key=lambda s: atomic_numbers.get(s, 0)):
         lines.append(f"    force RMSE {element:<3}  {by_element[element]:.1f} meV/Å")
+    for material, errors in result.get("by_material", {}).items():
+        lines.append(
+            f"  material {material}: {errors['n_frames']} frames, energy RMSE "
+            f"{errors['energy_rmse_mev_per_atom']:.2f} meV/atom, force RMSE {_force_rmse(errors)}"
+        )
     return "\n".join(lines)

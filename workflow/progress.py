@@ -94,7 +94,16 @@ def print_status(report: dict[str, Any]) -> None:
             g["model"],
         )
     console.print(table)
-    for name, (lo, hi) in report["cv_range"].items():
+    materials = report.get("materials") or {}
+    for material, m in materials.items():
+        cvs = ", ".join(f"{n} {lo:.4g} … {hi:.4g}" for n, (lo, hi) in m["cv_range"].items())
+        console.print(
+            f"material {material} (from generation {m['joined_generation']}): single points "
+            f"{m['single_points_done']} done, {m['single_points_failed']} failed; "
+            f"{m['walker_segments']} walker segments, {m['walker_blow_ups']} blow-ups"
+            + (f"; CV {cvs} (PLUMED units)" if cvs else "")
+        )
+    for name, (lo, hi) in report["cv_range"].items() if not materials else ():
         console.print(f"CV {name}: {lo:.4g} … {hi:.4g} (PLUMED units)")
     wt = report["wall_time_seconds"]
     console.print(

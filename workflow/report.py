@@ -25,7 +25,7 @@ from hillwalker import report_figures as figs
 from hillwalker.engines.files import atomic_write_text, read_json
 from hillwalker.engines.plumed import HillsError, colvar_rows, read_hills, read_input
 from hillwalker.fes import biasfactor
-from hillwalker.state import CampaignDir, StateError
+from hillwalker.state import CampaignDir, StateError, walker_material
 from hillwalker.status import campaign_status
 
 #: exit code of `report`/`compare` when there is nothing to report (not a campaign, no model yet)
@@ -46,6 +46,8 @@ class CampaignData:
     status: dict[str, Any]
     #: (generation, walker) → COLVAR columns (CV values in PLUMED units, time in ps)
     colvars: dict[tuple[int, int], dict[str, np.ndarray]] = field(default_factory=dict)
+    #: several materials: walker (as numbered in ``colvars``) → (material, its index there)
+    walker_materials: dict[int, tuple[str, int]] = field(default_factory=dict)
     temperature: float | None = None
     biasfactor: float | None = None
 
@@ -79,7 +81,13 @@ def load_campaign_data(directory: str | Path) -> CampaignData:
             f"run 'hillwalker run {root}' first"
         )
     data = CampaignData(CampaignDir(root), status)
+    numbers: dict[tuple[str, int], int] = {}  # several materials: one number per walker
     for g, w, d in data.cdir.walker_dirs():
+        material = walker_material(d)
+        if material is not None:
+            number = numbers.setdefault((material, w), len(numbers))
+            data.walker_materials[number] = (material, w)
+            w = number
         data.colvars[(g, w)] = _read_colvars(sorted(d.glob("COLVAR*")))
     data.temperature, data.biasfactor = _walker_settings(data.cdir)
     return data
@@ -97,7 +105,7 @@ def _walker_settings(cdir: CampaignDir) -> tuple[float | None, float | None]:
 
     try:
         campaign = load_campaign(cdir.root)
-        lines = read_input(cdir.root / campaign.material.plumed)
+        lines = read_input(cdir.root / campaign.plumed_file)
     except (ConfigError, OSError, ValueError):
         return None, None
     return campaign.walkers.temperature, biasfactor(lines)
@@ -244,6 +252,7 @@ def build_report(directory: str | Path, out: str | Path | None = None) -> Path:
     target = Path(out) if out is not None else data.cdir.root / "report.html"
     body = [
         sections.summary(data),
+        sections.materials(data),
         sections.errors(data),
         sections.parity(data, parity_points(data)),
         sections.coverage(data),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -83,22 +84,51 @@ def parity(data: CampaignData, points: Mapping[str, Any] | None) -> str:
     return _section("Parity", figure("fig-parity", figs.parity(points), caption))
 
 
+def materials(data: CampaignData) -> str:
+    """A campaign of several materials: a row per material (nothing for one)."""
+    found = data.status.get("materials") or {}
+    if not found:
+        return ""
+    rows = []
+    for name, m in found.items():
+        key = f"materials.{name}"
+        cvs = "; ".join(f"{n} {lo:.4g} … {hi:.4g}" for n, (lo, hi) in m["cv_range"].items())
+        rows.append(
+            [
+                f"<th>{html.escape(name)}</th>",
+                cell(m["joined_generation"], f"{key}.joined_generation"),
+                cell(m["single_points_done"], f"{key}.single_points_done"),
+                cell(m["single_points_failed"], f"{key}.single_points_failed"),
+                cell(m["walker_segments"], f"{key}.walker_segments"),
+                cell(m["walker_blow_ups"], f"{key}.walker_blow_ups"),
+                cell(cvs or None),
+            ]
+        )
+    header = ["material", "joined in generation", "single points done", "failed"]
+    header += ["walker segments", "blow-ups", "CV range visited (PLUMED units)"]
+    return _section("Materials", table(header, rows, "per material, from status --json"))
+
+
 def coverage(data: CampaignData) -> str:
     names = data.cv_names()
-    by_generation: dict[int, dict[str, np.ndarray]] = {}
+    groups: dict[str | None, dict[int, dict[str, np.ndarray]]] = {}
     walkers: dict[int, list[tuple[int, dict[str, np.ndarray]]]] = {}
     for (g, w), columns in sorted(data.colvars.items()):
-        merged = by_generation.setdefault(g, {})
+        material = data.walker_materials.get(w, (None, w))[0]
+        merged = groups.setdefault(material, {}).setdefault(g, {})
         for name in names:
             if name in columns:
                 merged[name] = np.concatenate([merged.get(name, np.zeros(0)), columns[name]])
         walkers.setdefault(w, []).append((g, columns))
     parts = [
         figure(
-            "fig-cv-coverage",
+            "fig-cv-coverage" + ("" if material is None else f"-{material}"),
             figs.coverage(by_generation, names),
-            "CV values visited by all walkers in each generation (COLVAR, PLUMED units)",
+            "CV values visited by all walkers"
+            + ("" if material is None else f" of material {html.escape(material)}")
+            + " in each generation (COLVAR, PLUMED units)",
         )
+        for material, by_generation in (groups or {None: {}}).items()
     ]
     for i, name in enumerate(names):
         parts.append(

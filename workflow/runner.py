@@ -100,6 +100,13 @@ def smoke_config(cfg: Campaign) -> Campaign:
     cfg = _with(cfg, "generation0", frames=min(cfg.generation0.frames, 4))
     cfg = _with(cfg, "walkers", count=min(cfg.walkers.count, 2), steps=min(cfg.walkers.steps, 20))
     cfg = _with(cfg, "training", epochs=min(cfg.training.epochs, 5), warm_epochs=None)
+    if cfg.materials is not None:  # each material's own walkers and frames, as small
+        data = cfg.model_dump()
+        for entry, (_, view) in zip(data["materials"], cfg.views(), strict=True):
+            w, g0 = view.walkers, view.generation0
+            entry["walkers"].update(count=min(w.count, 2), steps=min(w.steps, 20))
+            entry["generation0"].update(frames=min(g0.frames, 4))
+        cfg = Campaign.model_validate(data)
     return _with(cfg, "stop", generations=1, max_single_points=None, target_force_rmse=None)
 
 

@@ -35,7 +35,7 @@ def _leaves(value: str, root: Path) -> bool:
     return False
 
 
-def material_outside(root: Path, material: dict[str, str]) -> list[str]:
+def material_outside(root: Path, material: dict[str, str], section: str = "material") -> list[str]:
     """One warning per material file outside the campaign directory.
 
     Such a file is an input (read, digested for change detection, never written), so it is not
@@ -45,7 +45,7 @@ def material_outside(root: Path, material: dict[str, str]) -> list[str]:
     """
     root = Path(root).resolve()
     return [
-        f"{root / CAMPAIGN_FILE}: material.{key}: {value!r} is outside the campaign directory "
+        f"{root / CAMPAIGN_FILE}: {section}.{key}: {value!r} is outside the campaign directory "
         "(an absolute path, '..' or '~'): the campaign reads it but is not self-contained; copy "
         "the file into the directory to share or move the campaign"
         for key, value in material.items()

@@ -12,7 +12,8 @@ Layout::
     dataset.extxyz        every labeled frame, in loop order (derived from the records)
     failed.extxyz         frames whose labeling failed, with their failure class
     generations/NNN/      frames.extxyz (new frames), model/, hills/ (bias snapshot), walkers/
-    bias/                 the live HILLS files the walkers share
+                          (several materials: walkers/NAME/wK, hills/NAME/)
+    bias/                 the live HILLS files the walkers share (several materials: bias/NAME/)
     .hillwalker/          tasks/<kind>/<key>.json records, tasks/<kind>/<key>/ work dirs,
                           lock, run.log, run.json (what the last run was doing)
 """
@@ -97,6 +98,15 @@ class CampaignDir:
     def bias(self) -> Path:
         return self.root / "bias"
 
+    def bias_of(self, material: str | None) -> Path:
+        """The live HILLS of ``material``'s walkers (None: the one material of a campaign)."""
+        return self.bias if material is None else self.bias / material
+
+    @property
+    def materials(self) -> Path:
+        """The generation each material of a campaign of several joined in (materials.json)."""
+        return self.state / "materials.json"
+
     @property
     def log(self) -> Path:
         return self.state / "run.log"
@@ -135,17 +145,22 @@ class CampaignDir:
     def generation(self, n: int) -> Path:
         return self.root / "generations" / f"{n:03d}"
 
-    def walker_dir(self, n: int, walker: int) -> Path:
-        """Walker ``walker``'s MD segment of generation ``n`` (COLVAR, log, state)."""
-        return self.generation(n) / "walkers" / f"w{walker}"
+    def walker_dir(self, n: int, walker: int, material: str | None = None) -> Path:
+        """Walker ``walker``'s MD segment of generation ``n`` (COLVAR, log, state); with several
+        materials, each material's walkers are numbered in a directory of their own."""
+        walkers = self.generation(n) / "walkers"
+        return (walkers if material is None else walkers / material) / f"w{walker}"
 
     def walker_dirs(self) -> list[tuple[int, int, Path]]:
-        """(generation, walker, directory) of every walker segment ever started."""
+        """(generation, walker, directory) of every walker segment ever started (the material
+        of a campaign of several: :func:`walker_material` of the directory)."""
         found = []
-        for d in self.root.glob("generations/*/walkers/w*"):
-            g, w = d.parent.parent.name, d.name[1:]
-            if d.is_dir() and g.isdigit() and w.isdigit():
-                found.append((int(g), int(w), d))
+        for pattern in ("generations/*/walkers/w*", "generations/*/walkers/*/w*"):
+            for d in self.root.glob(pattern):
+                g = (d.parent if d.parent.name == "walkers" else d.parent.parent).parent.name
+                w = d.name[1:]
+                if d.is_dir() and g.isdigit() and w.isdigit():
+                    found.append((int(g), int(w), d))
         return sorted(found)
 
     def walker_states(self, n: int) -> Path:
@@ -307,3 +322,9 @@ def _mentions(pid: int, path: str) -> bool:
     except OSError:
         return False
     return False
+
+
+def walker_material(directory: Path) -> str | None:
+    """The material of a walker directory (None in a campaign of one material)."""
+    parent = directory.parent.name
+    return None if parent == "walkers" else parent

@@ -10,7 +10,7 @@ from typing import Any
 from hillwalker.coverage import cv_ranges
 from hillwalker.engines.dataset import STATUS_DONE, STATUS_FAILED
 from hillwalker.engines.files import read_json
-from hillwalker.state import CampaignDir, _alive, _read_lock
+from hillwalker.state import CampaignDir, _alive, _read_lock, walker_material
 
 
 def campaign_status(directory: str | Path) -> dict[str, Any]:
@@ -49,7 +49,32 @@ def campaign_status(directory: str | Path) -> dict[str, Any]:
         "will_redo": _will_redo(cdir, walkers, models) if not running else {},
         "dataset": str(cdir.dataset),
         "slurm_blocks": _slurm_blocks(cdir),
+        "materials": _materials(cdir, sps, walkers),
     }
+
+
+def _materials(
+    cdir: CampaignDir, sps: list[dict[str, Any]], walkers: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """A campaign of several materials, by material: the generation it joined, its single
+    points, walker segments, blow-ups and the CV range its walkers visited ({} for one)."""
+    joins = read_json(cdir.materials)
+    if not isinstance(joins, dict):
+        return {}
+    material_of = {s["key"]: _header_value(cdir, s, "material") for s in sps}
+    out = {}
+    for name, joined in joins.items():
+        own = [s for s in sps if material_of[s["key"]] == name]
+        segments = [w for w in walkers if w.get("material") == name]
+        out[name] = {
+            "joined_generation": joined,
+            "single_points_done": sum(s["status"] == STATUS_DONE for s in own),
+            "single_points_failed": sum(s["status"] == STATUS_FAILED for s in own),
+            "walker_segments": len(segments),
+            "walker_blow_ups": len(_blow_ups(segments)),
+            "cv_range": _cv_range(cdir, segments, name),
+        }
+    return out
 
 
 def _generation(
@@ -85,15 +110,18 @@ def _single_points(sps: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _cv_range(cdir: CampaignDir, walkers: list[dict[str, Any]]) -> dict[str, list[float]]:
-    """Min/max of each CV: the walkers' final frames, then every COLVAR trace."""
+def _cv_range(
+    cdir: CampaignDir, walkers: list[dict[str, Any]], material: str | None = None
+) -> dict[str, list[float]]:
+    """Min/max of each CV: the walkers' final frames, then every COLVAR trace (of
+    ``material``'s walkers in a campaign of several)."""
     cv_range: dict[str, list[float]] = {}
     for w in walkers:
         for name, value in (w.get("cv") or {}).items():
             if isinstance(value, int | float):
                 lo, hi = cv_range.get(name, [value, value])
                 cv_range[name] = [min(lo, value), max(hi, value)]
-    cv_range.update(cv_ranges(cdir))
+    cv_range.update(cv_ranges(cdir, material=material))
     return cv_range
 
 
@@ -101,11 +129,13 @@ def _will_redo(
     cdir: CampaignDir, walkers: list[dict[str, Any]], models: list[dict[str, Any]]
 ) -> dict[str, int]:
     """Tasks that were started but not recorded: the next run redoes them."""
-    walker_done = {(w.get("generation"), w.get("walker")) for w in walkers}
+    walker_done = {(w.get("generation"), w.get("material"), w.get("walker")) for w in walkers}
     trained = {r["generation"] for r in models}
     return {
         "single_point": _unfinished(cdir, "single_point"),
-        "walker": sum((g, w) not in walker_done for g, w, _ in cdir.walker_dirs()),
+        "walker": sum(
+            (g, walker_material(d), w) not in walker_done for g, w, d in cdir.walker_dirs()
+        ),
         "train": sum(g not in trained for g, _ in cdir.model_dirs()),
     }
 
@@ -154,6 +184,15 @@ def _read_json_list(path: Path) -> list[Any]:
 
 
 def _generation_of(cdir: CampaignDir, record: dict[str, Any]) -> int | None:
+    value = _header_value(cdir, record, "generation")
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None
+
+
+def _header_value(cdir: CampaignDir, record: dict[str, Any], key: str) -> str | None:
+    """``key`` of a single point's labeled frame, read from its extxyz comment line."""
     result = cdir.root / record.get("result", "")
     try:
         with result.open() as handle:
@@ -162,11 +201,8 @@ def _generation_of(cdir: CampaignDir, record: dict[str, Any]) -> int | None:
     except OSError:
         return None
     for token in header.split():
-        if token.startswith("generation="):
-            try:
-                return int(token.split("=", 1)[1])
-            except ValueError:
-                return None
+        if token.startswith(f"{key}="):
+            return token.split("=", 1)[1]
     return None
 
 

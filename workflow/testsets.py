@@ -327,7 +327,7 @@ def _sample(
     except Exception as exc:  # torch, nequip and the potential record raise many types
         raise TestSetError(f"{plan.model}: cannot load the model ({exc})") from exc
     try:
-        plumed = frozen_bias_input(plan.root / plan.cfg.material.plumed, plan.settings.steps)
+        plumed = frozen_bias_input(plan.root / plan.cfg.plumed_file, plan.settings.steps)
     except PlumedInputError as exc:
         raise TestSetError(str(exc)) from None
     taken = dataset_frame_ids(plan.root)
@@ -411,7 +411,7 @@ def _starts(plan: _Plan) -> list[tuple[int, Atoms]]:
         cvs.append({k: v for k, v in record["cv"].items() if isinstance(v, int | float)})
     if not visited:
         try:
-            structure = read_structure(plan.root / plan.cfg.material.structure)
+            structure = read_structure(plan.root / plan.cfg.structure_file)
         except ValueError as exc:
             raise TestSetError(str(exc)) from None
         visited, cvs = [(0, structure)], [{}]

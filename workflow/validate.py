@@ -113,6 +113,11 @@ def validate_campaign(directory: str | Path, site: str | Path | None = None) -> 
     campaign, material = _check_campaign(root, report)
     report.warnings.extend(material_outside(root, material))
     report.warnings.extend(permission_warnings(root))
+    if campaign is not None and campaign.materials is not None:
+        _check_materials(root, campaign, report)
+        if site is not None:
+            _check_site(Path(site), report)
+        return report
     atoms = None
     if material.get("structure"):
         atoms = _check_structure(root / material["structure"], campaign, report)
@@ -160,13 +165,60 @@ def _check_campaign(root: Path, report: ValidationReport) -> tuple[Campaign | No
     return campaign, campaign.material.model_dump()
 
 
+def _check_materials(root: Path, campaign: Campaign, report: ValidationReport) -> None:
+    """A campaign of several materials: each one's structure and PLUMED input (with its own
+    walkers), the shared level and NequIP template against every material's elements."""
+    found: list[Atoms] = []
+    summaries = []
+    for n, (name, view) in enumerate(campaign.views()):
+        files = {"structure": view.structure_file, "plumed": view.plumed_file}
+        report.warnings.extend(material_outside(root, files, f"materials.{n}"))
+        atoms = _check_structure(root / view.structure_file, view, report)
+        if atoms is not None:
+            _check_cross(root, view, atoms, report)
+            atoms.info["material"] = f"materials.{n} ({name})"
+            found.append(atoms)
+            summaries.append(f"{name}: {report.structure_summary}")
+        _check_plumed(root / view.plumed_file, atoms, view, root, report)
+    report.structure_summary = "; ".join(summaries)
+    m = campaign.material
+    _check_level(root / m.level, None, report)
+    before = len(report.problems)
+    for atoms in found:
+        _check_level(root / m.level, atoms, report)
+        for problem in report.problems[before:]:
+            report.problems[report.problems.index(problem)] = (
+                f"{root / CAMPAIGN_FILE}: {atoms.info['material']}.structure: {problem}"
+            )
+        before = len(report.problems)
+    every = _all_elements(found)
+    check_nequip(root / m.nequip, every, campaign, report)
+    if campaign.training.init is not None:
+        _check_init(root, campaign, every, report)
+
+
+def _all_elements(frames: list[Atoms]) -> Atoms | None:
+    """One frame holding every element of ``frames`` (for the checks of the shared model's
+    types), periodic as the first one."""
+    if not frames:
+        return None
+    symbols = sorted({s for atoms in frames for s in atoms.get_chemical_symbols()})
+    first = frames[0]
+    return Atoms(
+        symbols,
+        positions=[[2.0 * i, 0.0, 0.0] for i in range(len(symbols))],
+        cell=first.cell,
+        pbc=first.pbc,
+    )
+
+
 def _check_cross(root: Path, campaign: Campaign, atoms: Atoms, report: ValidationReport) -> None:
     path = root / CAMPAIGN_FILE
     periodic = bool(np.all(atoms.pbc)) and atoms.cell.rank == 3
     if campaign.walkers.ensemble == "npt" and not periodic:
         report.problems.append(
             f"{path}: walkers.ensemble: npt needs a periodic cell, and "
-            f"{campaign.material.structure} has none (use nvt for a molecule in vacuum)"
+            f"{campaign.structure_file} has none (use nvt for a molecule in vacuum)"
         )
 
 

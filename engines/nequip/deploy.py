@@ -267,9 +267,19 @@ def score(
     errors = _Errors()
     cv = _cv_bins(usable)
     bins = [_Errors() for _ in range(CV_BINS)] if cv else []
+    # frames of a campaign of several materials name theirs (info["material"])
+    materials = [atoms.info.get("material") for atoms in usable]
+    groups = {m: _Errors() for m in sorted({str(m) for m in materials if m is not None})}
     for i, atoms in enumerate(usable):
-        errors.add(atoms, calc, also=[bins[cv[1][i]]] if cv else [])
+        also = [bins[cv[1][i]]] if cv else []
+        if materials[i] is not None:
+            also.append(groups[str(materials[i])])
+        errors.add(atoms, calc, also=also)
     result = {"n_frames": len(usable), **errors.summary()}
+    if groups:
+        result["by_material"] = {
+            m: {"n_frames": len(e.energy), **e.summary()} for m, e in groups.items()
+        }
     if cv:  # frames that carry their CV value (e.g. from `hillwalker testset`)
         name, _, edges = cv
         result["by_cv_bin"] = {
