@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ase import Atoms
+from ase.data import atomic_numbers
 
 from hillwalker import settings, tasks
 from hillwalker.config import Campaign, load_campaign
@@ -253,14 +254,16 @@ class CampaignRun:
             }
             new = sorted(set(self.start_structure(part).symbols) - known)
             if new:
-                model = self.dir.model_dir(part.joined - 1).relative_to(self.dir.root)
+                z = atomic_numbers[new[0]]
+                like = min(sorted(known), key=lambda s: abs(atomic_numbers[s] - z))
                 raise CampaignError(
                     f"{self.dir.root / 'campaign.yaml'}: materials.{n} ({part.name}): "
                     f"{', '.join(new)} joins a campaign whose model has no type for it (warm "
                     "starts cannot add a type). Take it out again, and start a new campaign "
-                    f"with all materials from this one's model: training.init: {model} (from "
-                    f"there) and training.species_map mapping each new element onto a known "
-                    f"one (e.g. {{{new[0]}: {sorted(known)[0]}}}); docs/element-transfer.md"
+                    "with all materials from this one's model: training.init: "
+                    f"{self.dir.model_dir(part.joined - 1)} and training.species_map mapping "
+                    f"each new element onto a known one (e.g. {{{new[0]}: {like}}}); "
+                    "docs/element-transfer.md"
                 )
 
     def _perturbed(self, g: int) -> list[Atoms]:

@@ -26,7 +26,8 @@ from hillwalker.state import reap_orphans
 from hillwalker.status import campaign_status
 from hillwalker.validate import validate_campaign
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "tests" / "data"
 
 CONFIG = {
     "name": "two-materials",
@@ -101,9 +102,7 @@ def test_bad_materials_are_named_by_file_and_key(tmp_path: Path) -> None:
     neither = {**CONFIG, "materials": None}
     assert "material.structure: missing" in config_problems(root, neither)
     # a level that does not cover a material's elements: validate names the material
-    shutil.copy(
-        Path(__file__).resolve().parents[2] / "templates/levels/sw-si.yaml", root / "sw.yaml"
-    )
+    shutil.copy(ROOT / "templates/levels/sw-si.yaml", root / "sw.yaml")
     write_config(root, {**CONFIG, "material": {**CONFIG["material"], "level": "sw.yaml"}})
     problems = "\n".join(validate_campaign(root).problems)
     assert f"{root / 'campaign.yaml'}: materials.0 (np).structure:" in problems
@@ -204,3 +203,21 @@ def test_two_materials_one_model_resume_and_a_third_added(tmp_path: Path) -> Non
     assert sorted(f.info["material"] for f in new) == ["lp", "np", "sabwau", "sabwau", "sabwau"]
     assert len(called_keys(calls)) == before + 5
     assert len(records(root, "train")) == 4
+
+    # a material with an element the warm-started model has no type for: refused before any
+    # work, with the way out (a new campaign from this model with training.species_map)
+    shutil.copy(ROOT / "examples/mil53-ga-from-al/structure.cif", root / "ga.cif")
+    ga = {"name": "ga", "structure": "ga.cif", "plumed": "plumed.dat"}
+    write_config(
+        root,
+        {**CONFIG, "materials": [*CONFIG["materials"], third, ga], "stop": {"generations": 4}},
+    )
+    refused = run_to_end(root, site, timeout=600)
+    assert refused.returncode != 0
+    message = refused.stdout + refused.stderr
+    assert "materials.3 (ga): Ga joins a campaign whose model has no type for it" in message
+    assert f"training.init: {root / 'generations/003/model'}" in message
+    assert "training.species_map" in message and "{Ga: Al}" in message
+    assert "Traceback" not in message
+    assert "ga" not in json.loads((root / ".hillwalker/materials.json").read_text())
+    assert len(called_keys(calls)) == before + 5
