@@ -127,6 +127,9 @@ def _smoke_dir(root: Path, cfg: Campaign) -> Path:
     data["material"] = {
         k: str((root / v).resolve()) for k, v in data["material"].items() if v is not None
     }
+    for entry in data.get("materials") or []:
+        for key in ("structure", "plumed"):
+            entry[key] = str((root / entry[key]).resolve())
     smoke.mkdir(parents=True, exist_ok=True)
     atomic_write_text(smoke / "campaign.yaml", yaml.safe_dump(data, sort_keys=False))
     return smoke

@@ -22,6 +22,7 @@ from hillwalker.config import ConfigError, load_campaign
 from hillwalker.engines.dataset import read_frames
 from hillwalker.engines.plumed import read_hills
 from hillwalker.material_templates import new_from_template
+from hillwalker.runner import _smoke_dir
 from hillwalker.state import reap_orphans
 from hillwalker.status import campaign_status
 from hillwalker.validate import validate_campaign
@@ -111,6 +112,22 @@ def test_bad_materials_are_named_by_file_and_key(tmp_path: Path) -> None:
     report = validate_campaign(root)
     assert report.ok, report.problems
     assert "np: " in report.structure_summary and "lp: " in report.structure_summary
+    # run --smoke: every material's files found from the smoke directory, its numbers made small
+    big = {
+        **CONFIG,
+        "materials": [
+            CONFIG["materials"][0],
+            {**CONFIG["materials"][1], "walkers": {"count": 6, "steps": 900}},
+        ],
+    }
+    write_config(root, big)
+    smoke = load_campaign(_smoke_dir(root, load_campaign(root)))
+    assert smoke.view("lp").walkers.count == 2 and smoke.view("lp").walkers.steps == 20
+    assert smoke.view("lp").walkers.temperature == 100.0  # big changes only count and steps
+    for name, view in smoke.views():
+        assert Path(view.structure_file) == root / f"{name}.extxyz"
+        assert Path(view.plumed_file) == root / "plumed.dat"
+    assert validate_campaign(root / ".hillwalker/smoke").ok
 
 
 @pytest.mark.slow
