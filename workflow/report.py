@@ -89,7 +89,7 @@ def load_campaign_data(directory: str | Path) -> CampaignData:
             data.walker_materials[number] = (material, w)
             w = number
         data.colvars[(g, w)] = _read_colvars(sorted(d.glob("COLVAR*")))
-    data.temperature, data.biasfactor = _walker_settings(data.cdir)
+    data.temperature, data.biasfactor = bias_settings(data.cdir)
     return data
 
 
@@ -99,14 +99,19 @@ def _read_colvars(paths: Sequence[Path]) -> dict[str, np.ndarray]:
     return {n: np.array([row.get(n, np.nan) for row in rows]) for n in names}
 
 
-def _walker_settings(cdir: CampaignDir) -> tuple[float | None, float | None]:
-    """(walker temperature K, METAD BIASFACTOR) from campaign.yaml and its PLUMED input."""
+def bias_settings(
+    cdir: CampaignDir, material: str | None = None
+) -> tuple[float | None, float | None]:
+    """(walker temperature K, METAD BIASFACTOR) from campaign.yaml and its PLUMED input (of
+    ``material`` in a campaign of several)."""
     from hillwalker.config import ConfigError, load_campaign
 
     try:
         campaign = load_campaign(cdir.root)
+        if material is not None:
+            campaign = campaign.view(material)
         lines = read_input(cdir.root / campaign.plumed_file)
-    except (ConfigError, OSError, ValueError):
+    except (ConfigError, OSError, ValueError, KeyError):
         return None, None
     return campaign.walkers.temperature, biasfactor(lines)
 
@@ -114,8 +119,9 @@ def _walker_settings(cdir: CampaignDir) -> tuple[float | None, float | None]:
 # -------------------------------------------------------------------------------------- figures
 
 
-def generation_hills(data: CampaignData) -> dict[int, Any]:
-    """The hills snapshot of each generation that has one (generations/NNN/hills).
+def generation_hills(data: CampaignData, material: str | None = None) -> dict[int, Any]:
+    """The hills snapshot of each generation that has one (generations/NNN/hills, or its
+    ``material``'s in a campaign of several).
 
     A generation's walkers leave its snapshot before its model is trained: a running campaign
     shows the bias of the generation under way too.
@@ -124,6 +130,7 @@ def generation_hills(data: CampaignData) -> dict[int, Any]:
     trained = {gen["generation"] for gen in data.status["generations"]}
     for g in sorted(trained | {g for g, _ in data.colvars}):
         folder = data.cdir.generation(g) / "hills"
+        folder = folder if material is None else folder / material
         try:
             hills = read_hills(folder)
         except HillsError:
@@ -256,7 +263,10 @@ def build_report(directory: str | Path, out: str | Path | None = None) -> Path:
         sections.errors(data),
         sections.parity(data, parity_points(data)),
         sections.coverage(data),
-        sections.free_energy(data, generation_hills(data)),
+        *(
+            sections.free_energy(data, generation_hills(data, m), m)
+            for m in (data.status.get("materials") or [None])
+        ),
         sections.single_points(data),
         sections.wall_time(data, generation_timings(data)),
         sections.blow_ups(data),

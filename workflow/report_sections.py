@@ -10,7 +10,7 @@ import numpy as np
 
 from hillwalker import fes
 from hillwalker import report_figures as figs
-from hillwalker.report import CampaignData, cell, figure, table
+from hillwalker.report import CampaignData, bias_settings, cell, figure, table
 
 #: points of the FES grid along one CV (sum_hills --bin)
 FES_BINS = 200
@@ -141,14 +141,25 @@ def coverage(data: CampaignData) -> str:
     return _section("CV coverage", *parts)
 
 
-def free_energy(data: CampaignData, hills: Mapping[int, Any]) -> str:
+def free_energy(data: CampaignData, hills: Mapping[int, Any], material: str | None = None) -> str:
+    """The free energy from the hills (of ``material``'s bias in a campaign of several)."""
+    title = "Free energy" + ("" if material is None else f" — {html.escape(material)}")
+    fig_id = "fig-fes" + ("" if material is None else f"-{material}")
     if not hills:
-        return _section("Free energy", figure("fig-fes", None, "free energy from the hills"))
+        return _section(title, figure(fig_id, None, "free energy from the hills"))
     last = hills[max(hills)]
     names = list(last.cv_names)
-    axes = [_fes_axis(hills, k, data.status["cv_range"].get(n)) for k, n in enumerate(names)]
-    gamma = f"γ = {data.biasfactor:g}" if data.biasfactor else "not well-tempered"
-    temp = f", T = {data.temperature:g} K" if data.temperature else ""
+    visited = (
+        data.status["cv_range"]
+        if material is None
+        else data.status["materials"][material]["cv_range"]
+    )
+    axes = [_fes_axis(hills, k, visited.get(n)) for k, n in enumerate(names)]
+    temperature, factor = data.temperature, data.biasfactor
+    if material is not None:
+        temperature, factor = bias_settings(data.cdir, material)
+    gamma = f"γ = {factor:g}" if factor else "not well-tempered"
+    temp = f", T = {temperature:g} K" if temperature else ""
     what = (
         f"F(s) = −(γ/(γ−1))·V(s) from the hills of each generation ({gamma}{temp}), the sum "
         "PLUMED's sum_hills makes; each curve shifted to a minimum of 0"
@@ -161,7 +172,7 @@ def free_energy(data: CampaignData, hills: Mapping[int, Any]) -> str:
         what += f"; generation {max(hills)}"
     else:
         png = None
-    return _section("Free energy", figure("fig-fes", png, what))
+    return _section(title, figure(fig_id, png, what))
 
 
 def _fes_axis(hills: Mapping[int, Any], k: int, visited: Sequence[float] | None) -> np.ndarray:

@@ -201,6 +201,13 @@ def test_two_materials_one_model_resume_and_a_third_added(tmp_path: Path) -> Non
     overall = errors["force_rmse_mev_per_ang"] ** 2
     parts = [e["force_rmse_mev_per_ang"] ** 2 for e in errors["by_material"].values()]
     assert min(parts) <= overall <= max(parts)
+    # the report: a table of the materials, CV coverage and free energy per material
+    subprocess.run([HILLWALKER, "report", str(root)], capture_output=True, check=True)
+    page = (root / "report.html").read_text()
+    assert "<h2>Materials</h2>" in page
+    for name in ("np", "lp"):
+        assert f"<h2>Free energy — {name}</h2>" in page
+        assert f'id="fig-fes-{name}-img"' in page and f'id="fig-cv-coverage-{name}-img"' in page
 
     # a third material added between runs: it joins at generation 3 (its frames labeled there,
     # the shared model warm-started on them); nothing of the first two is redone
