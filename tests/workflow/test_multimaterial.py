@@ -152,11 +152,10 @@ def test_two_materials_one_model_resume_and_a_third_added(tmp_path: Path) -> Non
     done = run_to_end(root, site, timeout=1200)
     assert done.returncode == 0, done.stdout + done.stderr
     keys = called_keys(calls)
-    # nothing that was finished at the kill ran again (the killed result was adopted); only a
-    # single point still running at the kill may have run twice
+    # nothing that was finished at the kill ran again (the killed result was adopted); a single
+    # point still running at the kill runs again, one the SCF ladder retries calls CP2K twice
     assert not set(keys[calls_at_kill:]) & done_at_kill
     assert set(keys) == set(records(root, "single_point"))
-    assert len(keys) - len(set(keys)) <= calls_at_kill - len(done_at_kill)
     # generation 0: 3 + 2 frames; two generations of one walker per material
     assert len(set(keys)) == 5 + 2 * 2
 
@@ -221,7 +220,7 @@ def test_two_materials_one_model_resume_and_a_third_added(tmp_path: Path) -> Non
         root,
         {**CONFIG, "materials": [*CONFIG["materials"], third], "stop": {"generations": 3}},
     )
-    before = len(called_keys(calls))
+    before = set(called_keys(calls))
     done = run_to_end(root, site, timeout=1200)
     assert done.returncode == 0, done.stdout + done.stderr
     log = (root / ".hillwalker/run.log").read_text()
@@ -230,7 +229,9 @@ def test_two_materials_one_model_resume_and_a_third_added(tmp_path: Path) -> Non
     assert campaign_status(root)["materials"]["sabwau"]["joined_generation"] == 3
     new = read_frames(root / "generations/003/labeled.extxyz")
     assert sorted(f.info["material"] for f in new) == ["lp", "np", "sabwau"]
-    assert len(called_keys(calls)) == before + 3
+    # single points, not CP2K calls: one may need a retry of the SCF ladder
+    added = set(called_keys(calls)) - before
+    assert len(added) == 3
     assert len(records(root, "train")) == 4
 
     # a material with an element the warm-started model has no type for: refused before any
@@ -249,4 +250,4 @@ def test_two_materials_one_model_resume_and_a_third_added(tmp_path: Path) -> Non
     assert "training.species_map" in message and "{Ga: Al}" in message
     assert "Traceback" not in message
     assert "ga" not in json.loads((root / ".hillwalker/materials.json").read_text())
-    assert len(called_keys(calls)) == before + 3
+    assert set(called_keys(calls)) == before | added
