@@ -1115,7 +1115,7 @@ def _log_walker_events(g: int, i: str, events: list[dict[str, Any]]) -> None:
         if event.get("kind") == "blow_up":
             reset = event.get("reset_to") or f"step {event.get('reset_to_step')}"
             log.warning(
-                "generation %d walker %d blew up at step %s (%s); reset to %s",
+                "generation %d walker %s blew up at step %s (%s); reset to %s",
                 g,
                 i,
                 event.get("step"),
@@ -1123,7 +1123,7 @@ def _log_walker_events(g: int, i: str, events: list[dict[str, Any]]) -> None:
                 reset,
             )
         else:
-            log.warning("generation %d walker %d: %s", g, i, event)
+            log.warning("generation %d walker %s: %s", g, i, event)
 
 
 def _where(frame: Atoms) -> str:
