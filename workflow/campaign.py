@@ -241,18 +241,19 @@ class CampaignRun:
     def _check_new_elements(self, parts: list[Part]) -> None:
         """A material that joins a running campaign with elements its model has no type for
         cannot warm-start that model: refused, with the way out (element-transfer surgery)."""
-        if self.cfg.training.mode != "warm":
+        if self.cfg.training.mode != "warm" or all(part.joined == 0 for part in parts):
             return
+        elements = [set(self.start_structure(part).symbols) for part in parts]  # read once
         for n, part in enumerate(parts):
             if part.joined == 0:
                 continue
             known = {
                 s
-                for other in parts
+                for m, other in enumerate(parts)
                 if other.joined < part.joined
-                for s in self.start_structure(other).symbols
+                for s in elements[m]
             }
-            new = sorted(set(self.start_structure(part).symbols) - known)
+            new = sorted(elements[n] - known)
             if new:
                 z = atomic_numbers[new[0]]
                 like = min(sorted(known), key=lambda s: abs(atomic_numbers[s] - z))
