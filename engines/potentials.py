@@ -9,7 +9,10 @@ parts (:class:`~hillwalker.engines.composite.SumCalculator`):
 - ``delta``: the baseline level itself (a level file, computed in this process at every call:
   tblite or PySCF) + a NequIP model of target − baseline.
 - ``hierarchical``: a NequIP model of the baseline (all baseline labels) + a NequIP model of
-  target − baseline (the frames labeled at both): no quantum chemistry at MD time.
+  target − baseline (the frames labeled at both): no quantum chemistry at MD time. With
+  intermediate levels (cheapest first) L1 … Lk between the baseline L0 and the target, one more
+  NequIP model per step: L0 + (L1 − L0) + … + (target − Lk), each step trained on the frames
+  labeled at both of its levels (nested labels: fewer frames at each level up the ladder).
 - ``transfer``: a NequIP model pretrained on the baseline labels, then fine-tuned on the target
   labels (learning rate × ``transfer_learning_rate``), + the per-element energy references of
   the target level relative to the baseline's (least squares over the frames), so the
@@ -29,6 +32,7 @@ takes a potential too.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +92,14 @@ class Potential:
     baseline: str | None
     parts: list[dict[str, Any]]
     models: dict[str, TrainedModel]
+    #: hierarchical: the levels between the baseline and the target, cheapest first
+    intermediates: list[str] = dataclasses.field(default_factory=list)
+
+
+def step_part(level: str) -> str:
+    """The name of the hierarchical part that learns ``level`` − the level below it (the
+    last step, target − the level below, is ``delta``)."""
+    return f"delta-{level}"
 
 
 def train_potential(
@@ -98,6 +110,7 @@ def train_potential(
     target: str,
     baseline: str | None = None,
     baseline_level: Path | None = None,
+    intermediates: Sequence[str] = (),
     template: Path | None = None,
     settings: TrainSettings | None = None,
     init_from: Path | None = None,
@@ -107,11 +120,18 @@ def train_potential(
     threads: int | None = None,
 ) -> Potential:
     """Train ``method`` on the levels in ``data`` into ``out_dir``. ``baseline_level``: the
-    baseline's level file (needed by ``delta``, which computes it at MD time). ``init_from``: a
-    previous potential of the same method; each NequIP part warm-starts from its namesake."""
+    baseline's level file (needed by ``delta``, which computes it at MD time).
+    ``intermediates``: hierarchical only, the levels between the baseline and the target,
+    cheapest first. ``init_from``: a previous potential of the same method; each NequIP part
+    warm-starts from its namesake."""
     out_dir = Path(out_dir)
     settings = settings or TrainSettings.from_template(template)
-    plan = _check(data, method, target, baseline, baseline_level)
+    intermediates = list(intermediates)
+    plan = _check(data, method, target, baseline, baseline_level, intermediates)
+    if method == "hierarchical":  # each step's labels, before anything is written
+        ladder = [data[str(baseline)], *(data[name] for name in intermediates), data[target]]
+        steps = [delta_frames(up, low) for low, up in itertools.pairwise(ladder)]
+        names = [*(step_part(name) for name in intermediates), "delta"]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / POTENTIAL_FILE).unlink(missing_ok=True)  # written again last
 
@@ -145,7 +165,8 @@ def train_potential(
         fit("delta", delta_frames(high, data[str(baseline)]))
     elif method == "hierarchical":
         fit("baseline", data[str(baseline)].list())
-        fit("delta", delta_frames(high, data[str(baseline)]))
+        for name, frames in zip(names, steps, strict=True):
+            fit(name, frames)
     else:  # transfer
         low = data[str(baseline)]
         fit("pretrain", low.list(), deployed=False)  # a step, never run: not compiled
@@ -161,11 +182,19 @@ def train_potential(
         "target_digest": high.digest,
         "baseline": baseline,
         "baseline_digest": data[baseline].digest if baseline else None,
+        **(
+            {
+                "intermediates": intermediates,
+                "intermediate_digests": [data[name].digest for name in intermediates],
+            }
+            if intermediates
+            else {}
+        ),
         "parts": parts,
         "frames": {name: len(frames) for name, frames in data.items()},
     }
     atomic_write_json(out_dir / POTENTIAL_FILE, record)
-    return Potential(out_dir, method, target, baseline, parts, models)
+    return Potential(out_dir, method, target, baseline, parts, models, intermediates)
 
 
 def _check(
@@ -174,6 +203,7 @@ def _check(
     target: str,
     baseline: str | None,
     baseline_level: Path | None,
+    intermediates: list[str],
 ) -> dict[str, Any]:
     """PotentialError (or LevelError naming the level file) unless the inputs fit the method."""
     present = ", ".join(sorted(data)) or "none"
@@ -181,6 +211,8 @@ def _check(
         raise PotentialError(f"method {method!r}: one of {', '.join(METHODS)}")
     if target not in data:
         raise PotentialError(f"target level {target!r}: no frames at it (levels here: {present})")
+    if intermediates:
+        _check_ladder(data, method, target, baseline, intermediates)
     if method == "direct":
         return {}
     if baseline is None:
@@ -207,6 +239,33 @@ def _check(
     level.check_elements({s for f in data[target].list() for s in f.get_chemical_symbols()})
     level_calculator(level)  # refuses a level that cannot run in this process
     return {"level_file": Path(baseline_level), "digest": digest}
+
+
+def _check_ladder(
+    data: dict[str, LevelFrames],
+    method: str,
+    target: str,
+    baseline: str | None,
+    intermediates: list[str],
+) -> None:
+    if method != "hierarchical":
+        raise PotentialError(
+            f"intermediate levels ({', '.join(intermediates)}): only method hierarchical has "
+            f"a part per level; {method} learns two levels"
+        )
+    ladder = [str(baseline), *intermediates, target]
+    repeated = sorted({name for name in ladder if ladder.count(name) > 1})
+    if repeated:
+        raise PotentialError(
+            f"level {repeated[0]!r} appears twice in baseline, intermediates, target "
+            f"({' < '.join(ladder)}): each step of the ladder needs two different levels"
+        )
+    for name in intermediates:
+        if name not in data:
+            present = ", ".join(sorted(data))
+            raise PotentialError(
+                f"intermediate level {name!r}: no frames at it (levels here: {present})"
+            )
 
 
 def _offsets(high: LevelFrames, low: LevelFrames) -> dict[str, float]:
@@ -317,18 +376,21 @@ def evaluate_potential(
                        source=source, model=str(path)),
         "parts": {},
     }  # fmt: skip
+    # what each learned part learned: (its level, the level below it) along the ladder
+    ladder = [baseline, *record.get("intermediates", []), target]
+    learned = {"baseline": (baseline, None)}
+    learned.update({step_part(up): (up, low) for low, up in itertools.pairwise(ladder)})
+    learned["delta"] = (target, ladder[-2])
     for part in record["parts"]:
         if part["kind"] != "nequip" or record["method"] in ("direct", "transfer"):
             continue
-        if part["name"] == "baseline" and baseline in data:
-            frames = data[baseline].list()
-        elif part["name"] == "delta" and baseline in data:
-            try:
-                frames = delta_frames(data[target], data[baseline])
-            except MultiLevelError:
-                continue  # not every target frame has a baseline label here
-        else:
+        up, low = learned.get(part["name"], (None, None))
+        if up not in data or (low is not None and low not in data):
             continue
+        try:
+            frames = data[up].list() if low is None else delta_frames(data[up], data[low])
+        except MultiLevelError:
+            continue  # not every frame of the upper level has a label below it here
         result["parts"][part["name"]] = score(loaded[part["name"]], frames, source=source)
     return result
 
@@ -343,7 +405,13 @@ def read_potential(path: Path) -> Potential:
         if part["kind"] == "nequip"
     }
     return Potential(
-        path, record["method"], record["target"], record.get("baseline"), record["parts"], models
+        path,
+        record["method"],
+        record["target"],
+        record.get("baseline"),
+        record["parts"],
+        models,
+        list(record.get("intermediates", [])),
     )
 
 

@@ -252,6 +252,14 @@ def train_command(
         str | None,
         typer.Option("--baseline", help="Baseline level: name or file (delta: the file)."),
     ] = None,
+    intermediate: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--intermediate",
+            help="hierarchical: a level between the baseline and the target (repeatable, "
+            "cheapest first): one more model per step of the ladder.",
+        ),
+    ] = None,
     species_map: Annotated[
         list[str] | None,
         typer.Option(
@@ -288,13 +296,13 @@ def train_command(
 
     if species_map and (method is not None or target is not None or baseline is not None):
         raise fail("--species-map goes with a plain training (--init), not with --method")
-    if method is not None or target is not None or baseline is not None:
+    if method is not None or target is not None or baseline is not None or intermediate:
         if method is None or target is None:
             raise fail("--method and --target go together (--baseline: for all but direct)")
         try:
             potential = train_levels(
                 data, out, method=method, target=target, baseline=baseline, config=config,
-                init=init, epochs=epochs, device=device, compile=compile_model,
+                intermediates=intermediate or (), init=init, epochs=epochs, device=device, compile=compile_model,
             )  # fmt: skip
         except (ModelError, DatasetError, PotentialError, LevelError) as exc:
             raise fail(str(exc)) from None

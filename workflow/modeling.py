@@ -117,6 +117,7 @@ def train_levels(
     method: str,
     target: str,
     baseline: str | None = None,
+    intermediates: Sequence[str] = (),
     config: Path | None = None,
     init: Path | None = None,
     epochs: int | None = None,
@@ -125,14 +126,16 @@ def train_levels(
 ) -> Potential:
     """``hillwalker train --method``: a potential from frames labeled at several levels.
 
-    ``target`` and ``baseline`` are level names (``info["level"]`` of the frames) or level
-    files (their name is the file's stem); ``delta`` needs the baseline's file."""
+    ``target``, ``baseline`` and ``intermediates`` (hierarchical: the levels between the two,
+    cheapest first) are level names (``info["level"]`` of the frames) or level files (their
+    name is the file's stem); ``delta`` needs the baseline's file."""
     template, settings = _template_settings(config, epochs)
     levels = read_levels(data)
     baseline_name, baseline_file = _level_name(baseline)
     return train_potential(
         levels, out_dir, method=method, target=_level_name(target)[0], baseline=baseline_name,
         baseline_level=baseline_file, template=template,
+        intermediates=[str(_level_name(name)[0]) for name in intermediates],
         settings=settings, init_from=init,
         device=device, compile=compile,
     )  # fmt: skip
@@ -218,8 +221,9 @@ def _force_rmse(result: dict[str, Any]) -> str:
 
 
 def describe_potential(potential: Potential) -> str:
+    between = "".join(f" < {name}" for name in potential.intermediates)
     lines = [f"potential: {potential.directory} ({potential.method}; target {potential.target}"
-             + (f", baseline {potential.baseline})" if potential.baseline else ")")]  # fmt: skip
+             + (f", baseline {potential.baseline}{between})" if potential.baseline else ")")]  # fmt: skip
     for part in potential.parts:
         model = potential.models.get(part["name"])
         if part["kind"] == "level":

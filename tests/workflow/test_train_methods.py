@@ -160,6 +160,104 @@ def test_hierarchical_and_transfer_need_no_quantum_chemistry_at_md_time(
     assert errors["total"]["energy_rmse_mev_per_atom"] < 0.2 * baseline_error(two_levels)
 
 
+def labeled_in_process(level_file: Path, frames: list) -> list:
+    """The frames labeled at any in-process level (here PySCF), as ``hillwalker label`` would."""
+    from hillwalker.engines.levels import level_calculator
+
+    level = load_level(level_file)
+    calc = level_calculator(level, cores=1)
+    out = []
+    for atoms in frames:
+        probe = atoms.copy()
+        probe.calc = calc
+        energy, forces = probe.get_potential_energy(), probe.get_forces()
+        out.append(label(atoms.copy(), energy, forces, level=level.name,
+                         level_digest=level.digest()))  # fmt: skip
+    return out
+
+
+def energies(path: Path) -> np.ndarray:
+    return np.array([labels(f)["energy"] for f in read_frames(path)])
+
+
+@pytest.mark.slow
+def test_hierarchical_over_three_levels_learns_one_step_per_part(
+    two_levels: dict[str, Path], tmp_path: Path
+) -> None:
+    """GFN1 (20 frames) < GFN2 (12) < HF/STO-3G (PySCF, 6): a model of GFN1, one of GFN2 −
+    GFN1, one of HF − GFN2; the potential is their sum."""
+    hf = tmp_path / "hf.yaml"
+    hf.write_text("code: pyscf\nmethod: hf\nbasis: sto-3g\n")
+    train_hf, test_hf = tmp_path / "train-hf.extxyz", tmp_path / "test-hf.extxyz"
+    write_frames(train_hf, labeled_in_process(hf, read_frames(two_levels["train-gfn2"])[:6]))
+    write_frames(test_hf, labeled_in_process(hf, read_frames(two_levels["test-gfn2"])))
+    out = tmp_path / "three"
+    result = runner.invoke(
+        app,
+        ["train", str(train_hf), str(two_levels["train-gfn2"]), str(two_levels["train-gfn1"]),
+         "-o", str(out), "--config", str(CONFIG), "--epochs", "8", "--no-compile", "--device",
+         "cpu", "--method", "hierarchical", "--target", "hf", "--baseline", "gfn1",
+         "--intermediate", "gfn2"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "target hf, baseline gfn1 < gfn2)" in result.output
+    record = json.loads((out / "potential.json").read_text())
+    assert [p["name"] for p in record["parts"]] == ["baseline", "delta-gfn2", "delta"]
+    assert record["intermediates"] == ["gfn2"]
+    assert record["frames"] == {"hf": 6, "gfn2": 12, "gfn1": 20}
+    # each step learned the difference of its two levels on the frames labeled at both
+    gfn1, gfn2, target = (energies(two_levels["train-gfn1"])[:12],
+                          energies(two_levels["train-gfn2"]), energies(train_hf))  # fmt: skip
+    assert np.allclose(energies(out / "data" / "baseline.extxyz")[:12], gfn1)
+    assert np.allclose(energies(out / "data" / "delta-gfn2.extxyz"), gfn2 - gfn1)
+    assert np.allclose(energies(out / "data" / "delta.extxyz"), target - gfn2[:6])
+    # one calculator, the sum of the three models
+    (frame,) = read_frames(test_hf, index="0:1")
+    frame.calc = load_potential(out, device="cpu")
+    total = frame.get_potential_energy()
+    parts = frame.calc.part_results
+    assert set(parts) == {"baseline", "delta-gfn2", "delta"}
+    assert total == pytest.approx(sum(p["energy"] for p in parts.values()), abs=1e-6)
+    # evaluated against HF: the total, and each part on what it learned
+    test = tmp_path / "test-all.extxyz"
+    write_frames(test, read_frames(test_hf) + read_frames(two_levels["test-gfn2"])
+                 + read_frames(two_levels["test-gfn1"]))  # fmt: skip
+    got = runner.invoke(app, ["evaluate", str(out), str(test), "--json", "--device", "cpu"])
+    assert got.exit_code == 0, got.output
+    errors = json.loads(got.output)
+    assert {name: e["n_frames"] for name, e in errors["parts"].items()} == {
+        "baseline": 4, "delta-gfn2": 4, "delta": 4
+    }  # fmt: skip
+    high = read_frames(test_hf)
+    low = read_frames(two_levels["test-gfn1"])
+    gap = [
+        (labels(h)["energy"] - labels(b)["energy"]) / len(h) for h, b in zip(high, low, strict=True)
+    ]
+    assert errors["total"]["energy_rmse_mev_per_atom"] < 0.2 * 1000 * float(
+        np.sqrt(np.mean(np.square(gap)))
+    )
+
+
+def test_intermediate_levels_are_refused_where_they_do_not_fit(
+    two_levels: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "never"
+    base = ["train", str(two_levels["train-gfn2"]), str(two_levels["train-gfn1"]), "-o", str(out),
+            "--config", str(CONFIG), "--target", "gfn2", "--baseline", "gfn1"]  # fmt: skip
+    for options, message in (
+        (["--method", "transfer", "--intermediate", "gfn2"],
+         "intermediate levels (gfn2): only method hierarchical has a part per level"),
+        (["--method", "hierarchical", "--intermediate", "gfn2"],
+         "level 'gfn2' appears twice in baseline, intermediates, target (gfn1 < gfn2 < gfn2)"),
+        (["--method", "hierarchical", "--intermediate", "pbe"],
+         "intermediate level 'pbe': no frames at it (levels here: gfn1, gfn2)"),
+    ):  # fmt: skip
+        result = runner.invoke(app, base + options)
+        assert result.exit_code != 0
+        assert message in result.output, result.output
+        assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
