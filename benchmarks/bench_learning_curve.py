@@ -2,7 +2,7 @@
 against wall time, for several ways of choosing the frames, side by side at equal budget.
 
     .venv/bin/python benchmarks/bench_learning_curve.py [--work DIR] [--budgets 36,72,150]
-        [--methods shared,independent,none,random,oracle] [--quick]
+        [--methods shared,independent,none,random,oracle] [--seeds 0,1,2] [--quick]
 
 Methods (all at the main job's level, GFN1-xTB in CP2K, and its NequIP template):
 - ``shared`` / ``independent`` / ``none``: the main job (examples/mil53-xtb: 24 perturbed frames,
@@ -20,6 +20,11 @@ tests/data/make_mil53_frames.py) is never trained on. It is scored as a whole an
 ``near_eq`` (perturbed relaxed narrow pore, σ ≤ 0.05 Å: near equilibrium), ``np_lp`` (the
 np → lp path) and ``lp`` (perturbed relaxed large pore). The walker campaigns score every
 generation's model on each bin inside the loop (``evaluation.test_sets``).
+
+Seeds (``--seeds``): each method runs once per seed — the campaign's ``seed`` (its perturbations,
+walker velocities, training split) or, for the oracle and ``+scratch``, the training's seed —
+seed 0 in ``--work`` itself, seed S in ``--work/seed-S``; the JSON's ``summary`` gives the mean,
+min and max over the seeds of each method's errors at each budget.
 
 Resumable: every campaign resumes where it stopped, the oracle's labels and models are kept in
 ``--work``; a rerun only computes what is missing. Prints one JSON object whatever it shows.
@@ -209,7 +214,11 @@ def train_and_score(
     write_frames(data, frames)
     started = time.perf_counter()
     settings = TrainSettings.from_template(
-        template, epochs=epochs, validation_fraction=0.15, seed=n, **overrides
+        template,
+        epochs=epochs,
+        validation_fraction=0.15,
+        seed=n + 1000 * int(config.get("seed", 0)),
+        **overrides,
     )
     model = train(data, where / f"model-{n}", template=template, settings=settings)
     errors = {
@@ -257,38 +266,79 @@ def at_budget(points: list[dict[str, Any]], budget: int) -> dict[str, Any] | Non
     return within[-1] if within else None
 
 
+def summary(
+    by_seed: dict[int, dict[str, list[dict[str, Any]]]], methods: list[str], budgets: list[int]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per budget, method and bin: mean, min and max over the seeds of the force (meV/Å) and
+    energy (meV/atom) RMSE at that budget."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for budget in budgets:
+        out[str(budget)] = {}
+        for method in methods:
+            points = [at_budget(c.get(method, []), budget) for c in by_seed.values()]
+            got = [p for p in points if p is not None]
+            row: dict[str, Any] = {"seeds": len(got)}
+            for b in BINS:
+                for metric, short in (("force_rmse_mev_per_ang", "force"),
+                                      ("energy_rmse_mev_per_atom", "energy")):  # fmt: skip
+                    values = [
+                        p["errors"][b][metric]
+                        for p in got
+                        if p["errors"].get(b) and p["errors"][b].get(metric) is not None
+                    ]
+                    if values:
+                        row[f"{b}_{short}"] = {
+                            "mean": round(float(np.mean(values)), 1),
+                            "min": round(min(values), 1),
+                            "max": round(max(values), 1),
+                        }
+            out[str(budget)][method] = row
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "learning-curve")
     parser.add_argument("--budgets", default="36,72,150")
     parser.add_argument("--methods", default="shared,independent,none,random,oracle")
     parser.add_argument("--random-epochs", type=int, default=330)
+    parser.add_argument("--seeds", default="0", help="comma-separated: each method once per seed")
     parser.add_argument("--quick", action="store_true", help="tiny settings: checks the path")
     args = parser.parse_args()
     budgets = sorted(int(b) for b in args.budgets.split(","))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    for method in methods:
+        known = method in (*WALKER_METHODS, "random", "oracle") or (
+            method.endswith("+scratch") and method.split("+")[0] in WALKER_METHODS
+        )
+        if not known:
+            parser.error(f"unknown method {method!r}")
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     from hillwalker.engines.dataset import read_frames
 
     bins = test_bins(work)
-    config = base_config(args.quick)
     epochs = 6 if args.quick else args.random_epochs
-    curves: dict[str, list[dict[str, Any]]] = {}
+    by_seed: dict[int, dict[str, list[dict[str, Any]]]] = {}
     seconds: dict[str, float] = {}
-    for method in methods:
-        started = time.perf_counter()
-        if method in WALKER_METHODS:
-            curves[method] = run_walker_method(work, method, config, max(budgets), bins)
-        elif method == "random":
-            curves[method] = run_random(work, config, budgets, epochs, bins)
-        elif method == "oracle":
-            curves[method] = run_oracle(work, config, budgets, epochs, bins)
-        elif method.endswith("+scratch") and method.split("+")[0] in WALKER_METHODS:
-            curves[method] = run_scratch(work, method, config, budgets, epochs, bins)
-        else:
-            parser.error(f"unknown method {method!r}")
-        seconds[method] = round(time.perf_counter() - started, 1)
+    for seed in seeds:
+        config = base_config(args.quick) | {"seed": seed}
+        where = work if seed == 0 else work / f"seed-{seed}"
+        where.mkdir(exist_ok=True)
+        curves = by_seed[seed] = {}
+        for method in methods:
+            started = time.perf_counter()
+            if method in WALKER_METHODS:
+                curves[method] = run_walker_method(where, method, config, max(budgets), bins)
+            elif method == "random":
+                curves[method] = run_random(where, config, budgets, epochs, bins)
+            elif method == "oracle":
+                curves[method] = run_oracle(where, config, budgets, epochs, bins)
+            else:
+                curves[method] = run_scratch(where, method, config, budgets, epochs, bins)
+            seconds[f"{method} seed {seed}"] = round(time.perf_counter() - started, 1)
+    curves = by_seed[seeds[0]]
     table = {str(b): {m: at_budget(points, b) for m, points in curves.items()} for b in budgets}
     print(
         json.dumps(
@@ -298,8 +348,11 @@ def main() -> int:
                 "bins": {name: len(read_frames(p)) for name, p in bins.items()},
                 "quick": args.quick,
                 "budgets": budgets,
+                "seeds": seeds,
                 "table": table,
+                "summary": summary(by_seed, methods, budgets),
                 "curves": curves,
+                "curves_by_seed": {str(seed): c for seed, c in by_seed.items()},
                 "seconds_this_run": seconds,
             },
             indent=2,
