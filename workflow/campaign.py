@@ -111,6 +111,8 @@ class CampaignRun:
         self.progress = Progress()
         self._level: ReferenceLevel | None = None
         self.baseline: ReferenceLevel | None = None  # material.baseline, the cheaper level
+        #: material.intermediates: the levels between the baseline and the target, cheapest first
+        self.intermediates: list[ReferenceLevel] = []
         self._target_quota: dict[int, int] = {}
         self._walker_keys: dict[tuple[int, int], tuple[str, Path]] = {}
         self.parts: list[Part] = []
@@ -141,6 +143,7 @@ class CampaignRun:
                     f"{self.baseline.name!r} is material.level's too; labels of the two levels "
                     "would be mixed (rename one level file)"
                 )
+        self.intermediates = self._load_intermediates(symbols)
         self.ex = execution
         models = [self.generation_zero()]
         for g in range(1, self.cfg.stop.generations + 1):
@@ -155,6 +158,25 @@ class CampaignRun:
             self._report(stop_reason=f"all {self.cfg.stop.generations} generation(s) done")
         self._report(stage="finished")
         return models
+
+    def _load_intermediates(self, symbols: set[str]) -> list[ReferenceLevel]:
+        """material.intermediates' levels, each covering the structure, no two of one name."""
+        from hillwalker.engines.levels import load_level
+
+        levels = []
+        taken = [self.level.name, *([self.baseline.name] if self.baseline else [])]
+        for n, name in enumerate(self.cfg.material.intermediates or []):
+            level = load_level(self.dir.root / name)
+            level.check_elements(symbols)
+            if level.name in taken:
+                raise CampaignError(
+                    f"{self.dir.root / 'campaign.yaml'}: material.intermediates.{n}: its level "
+                    f"name {level.name!r} is another level's too; labels of the two would be "
+                    "mixed (rename one level file)"
+                )
+            taken.append(level.name)
+            levels.append(level)
+        return levels
 
     def generation_zero(self) -> TrainedModel:
         """Perturb the start structure, label the frames, train the first model."""
@@ -175,7 +197,14 @@ class CampaignRun:
                 i: self._label(frame, generation=0, index=i, level=self.baseline)
                 for i, frame in enumerate(frames)
             }
-        self._collect(0, self._wait_labels(labels), self._wait_labels(base))
+        middle = {
+            (j, i): self._label(frame, generation=0, index=i, level=level)
+            for j, level in enumerate(self.intermediates)
+            for i, frame in enumerate(frames[: self._middle_count(0)])
+        }
+        self._collect(
+            0, self._wait_labels(labels), self._wait_labels(base), self._wait_labels(middle)
+        )
         return self._train(0, previous=None)
 
     def generation(self, g: int, model: TrainedModel) -> TrainedModel:
@@ -198,12 +227,13 @@ class CampaignRun:
             )
             for n, frame in enumerate(joining)
         }
-        segments, labels, base = self._explore_all(g, model)
+        segments, labels, base, middle = self._explore_all(g, model)
         self._report(walkers_done=len(segments), stage="labeling")
         labels.update(joined)
         labeled, base_labeled = self._wait_labels(labels), self._wait_labels(base)
-        self._collect(g, labeled, base_labeled)
-        self._update_walker_states(g, segments, labeled, base_labeled)
+        middle_labeled = self._wait_labels(middle)
+        self._collect(g, labeled, base_labeled, middle_labeled)
+        self._update_walker_states(g, segments, labeled, base_labeled, middle_labeled)
         if self.cfg.walkers.bias != "none":
             for part in self.parts:
                 hills = self.dir.generation(g) / "hills"
@@ -364,6 +394,20 @@ class CampaignRun:
             self._target_quota[g] = count
         return self._target_quota[g]
 
+    def _middle_count(self, g: int) -> int:
+        """How many of generation g's frames (the first ones) each intermediate level labels:
+        generation0.intermediate_frames, labeling.intermediate_per_generation (default: all),
+        never fewer than the target's."""
+        if not self.intermediates:
+            return 0
+        count = len(self._slots[g]) if g else self._frames0
+        wanted = (
+            self.cfg.generation0.intermediate_frames
+            if g == 0
+            else self.cfg.labeling.intermediate_per_generation
+        )
+        return max(min(count, wanted or count), self._target_count(g))
+
     def _label(
         self,
         frame: Atoms,
@@ -516,11 +560,16 @@ class CampaignRun:
         )
 
     def _collect(
-        self, g: int, labeled: dict[int, Atoms], base: dict[Any, Atoms] | None = None
+        self,
+        g: int,
+        labeled: dict[int, Atoms],
+        base: dict[Any, Atoms] | None = None,
+        middle: dict[Any, Atoms] | None = None,
     ) -> None:
-        """The generation's new frames (target labels, then baseline labels, each in loop
-        order), then the whole dataset, rebuilt in loop order."""
-        new = list(labeled.values()) + list((base or {}).values())
+        """The generation's new frames (target labels, then intermediate labels level by level,
+        then baseline labels, each in loop order), then the whole dataset, rebuilt in loop
+        order."""
+        new = [*labeled.values(), *(middle or {}).values(), *(base or {}).values()]
         write_frames(self.dir.generation(g) / "labeled.extxyz", new)
         done: list[Atoms] = []
         failed: list[Atoms] = []
@@ -541,13 +590,15 @@ class CampaignRun:
     # ---- walkers -----------------------------------------------------------------------------
     def _explore_all(
         self, g: int, model: TrainedModel
-    ) -> tuple[dict[int, WalkerSegment], dict[int, Label], dict[Any, Label]]:
+    ) -> tuple[dict[int, WalkerSegment], dict[int, Label], dict[Any, Label], dict[Any, Label]]:
         """Every walker's segment; single points start as soon as a walker's frame arrives.
-        Returns the segments, the target-level labels (by walker) and the baseline labels (by
-        (walker, snapshot); the final frame is snapshot -1)."""
+        Returns the segments, the target-level labels (by walker), the baseline labels (by
+        (walker, snapshot); the final frame is snapshot -1) and the intermediate labels (by
+        (intermediate level, walker))."""
         segments: dict[int, WalkerSegment] = {}
         labels: dict[int, Label] = {}
         base: dict[Any, Label] = {}
+        middle: dict[Any, Label] = {}
         running: dict[cf.Future[Any], int] = {}
         for i in range(len(self._slots[g])):
             found = self._explore(g, i, model)
@@ -555,16 +606,16 @@ class CampaignRun:
                 running[found] = i
             else:
                 segments[i] = found
-                self._label_segment(g, i, found, labels, base)
+                self._label_segment(g, i, found, labels, base, middle)
         pending = set(running)
         while pending:
             finished, pending = cf.wait(pending, timeout=1.0, return_when=cf.FIRST_COMPLETED)
             for fut in finished:
                 i = running[fut]
                 segments[i] = self._record_walker(g, i, fut)
-                self._label_segment(g, i, segments[i], labels, base)
+                self._label_segment(g, i, segments[i], labels, base, middle)
             self._report(walkers_done=len(segments), walker_steps=self._walker_steps(g))
-        return segments, labels, base
+        return segments, labels, base, middle
 
     def _label_segment(
         self,
@@ -573,14 +624,18 @@ class CampaignRun:
         segment: WalkerSegment,
         labels: dict[int, Label],
         base: dict[Any, Label],
+        middle: dict[Any, Label],
     ) -> None:
         """Submit a walker segment's single points: its final frame at the target level (for
-        the first walkers the target quota allows), and with a baseline, its snapshots and
-        final frame at the baseline level."""
+        the first walkers the target quota allows) and at each intermediate level (its quota),
+        and with a baseline, its snapshots and final frame at the baseline level."""
         frame = _to_label(segment)
         part, k = self._slots[g][i]
         if i < self._target_count(g):
             labels[i] = self._label(frame, generation=g, index=i, walker=k, material=part.name)
+        if i < self._middle_count(g):
+            for j, level in enumerate(self.intermediates):
+                middle[(j, i)] = self._label(frame, generation=g, index=i, walker=i, level=level)
         if self.baseline is None:
             return
         for s, snap in enumerate(self._snapshots(g, i)):
@@ -719,13 +774,16 @@ class CampaignRun:
         segments: dict[int, WalkerSegment],
         labeled: dict[int, Atoms],
         base: dict[Any, Atoms],
+        middle: dict[Any, Atoms],
     ) -> None:
         """A walker whose frame was labeled (at every level that labeled it) goes on from its
         state; otherwise from its start."""
         states = {}
         for i, segment in segments.items():
             _, start = self._walker_keys[(g, i)]
-            finals = [f for f in (labeled.get(i), base.get((i, -1))) if f is not None]
+            at_levels = [labeled.get(i), base.get((i, -1))]
+            at_levels += [middle.get((j, i)) for j in range(len(self.intermediates))]
+            finals = [f for f in at_levels if f is not None]
             good = segment.status == STATUS_DONE and all(
                 f.info.get("status") == STATUS_DONE for f in finals
             )
@@ -817,6 +875,7 @@ class CampaignRun:
         baseline_file = self.dir.root / str(self.cfg.material.baseline)
         init = previous.directory if warm and previous is not None else None
         compile = settings.compile_models(self.cfg)
+        middle = [level.name for level in self.intermediates]
         key = task_key(
             "train-levels",
             g,
@@ -829,6 +888,7 @@ class CampaignRun:
             changes,
             potential_digest(init) if init else None,
             compile,
+            *((middle,) if middle else ()),  # a two-level campaign's key is as before
         )
 
         def submit(out_dir: Path) -> cf.Future[Any]:
@@ -841,6 +901,7 @@ class CampaignRun:
                 target=self.level.name,
                 baseline=baseline.name,
                 baseline_level=str(baseline_file),
+                intermediates=middle,
                 template=str(template),
                 settings=settings.train_settings(template, changes),
                 init_from=str(init) if init else None,
@@ -886,22 +947,28 @@ class CampaignRun:
         return model
 
     def _training_frames(self) -> list[Atoms]:
-        """The dataset to train on; with a delta part (delta, hierarchical), the target frames
-        whose baseline label failed are left out (their difference is unknown)."""
+        """The dataset to train on; with a delta part (delta, hierarchical), a frame whose
+        label one step down the ladder (baseline, intermediates, target) failed is left out
+        (its difference is unknown)."""
         from hillwalker.engines.multilevel import frame_id
 
         frames = read_frames(self.dir.dataset)
         if self.cfg.training.method not in ("delta", "hierarchical") or self.baseline is None:
             return frames
-        name = self.baseline.name
-        known = {frame_id(f) for f in frames if f.info.get("level") == name}
-        kept = [f for f in frames if f.info.get("level") == name or frame_id(f) in known]
-        if len(kept) < len(frames):
+        ladder = [self.baseline.name, *(level.name for level in self.intermediates)]
+        ladder.append(self.level.name)
+        known = {frame_id(f) for f in frames if f.info.get("level") == ladder[0]}
+        left_out: set[int] = set()
+        for name in ladder[1:]:
+            here = [n for n, f in enumerate(frames) if f.info.get("level") == name]
+            left_out |= {n for n in here if frame_id(frames[n]) not in known}
+            known = {frame_id(frames[n]) for n in here if n not in left_out}
+        if left_out:
             log.warning(
-                "%d target frame(s) without a baseline label left out of the delta training",
-                len(frames) - len(kept),
+                "%d frame(s) without a label one level down left out of the delta training",
+                len(left_out),
             )
-        return kept
+        return [f for n, f in enumerate(frames) if n not in left_out]
 
     def _score(self, g: int, key: str, model: TrainedModel) -> None:
         """The model's errors on every test set, recorded with its training (computed once per

@@ -14,6 +14,7 @@ from hillwalker.state import CampaignDir
 UNSAFE_CHANGES = {
     "level": "the level of theory of the existing labels",
     "baseline": "the level of theory of the existing baseline labels",
+    "intermediates": "the levels of theory between the baseline and the target",
     "structure": "the start structure of generation 0",
     "plumed": "the collective variables of the kept bias",
     "generation0": "the frames of generation 0",
@@ -34,6 +35,9 @@ def check_changes(cdir: CampaignDir, cfg: Campaign, *, force: bool = False) -> l
     now = {
         "level": file_digest(root / m.level),
         "baseline": file_digest(root / m.baseline) if m.baseline else None,
+        "intermediates": [file_digest(root / f) for f in m.intermediates]
+        if m.intermediates
+        else None,
         # a campaign of several materials: by material (one added is a safe change)
         **_by_material(
             views,

@@ -58,6 +58,15 @@ class Material(_Model):
         "campaign makes, while the level above labels only a chosen few (labeling.target_*); "
         "training.method says how the two are learned.",
     )
+    intermediates: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="training.method hierarchical: levels between the baseline and the "
+        "target (level files, cheapest first), one NequIP model per step of the ladder. Each "
+        "labels the frames the target labels and more as generation0.intermediate_frames and "
+        "labeling.intermediate_per_generation allow (default: every frame of generation 0, "
+        "every walker's final frame).",
+    )
     plumed: str | None = Field(
         None,
         description="PLUMED input (PLUMED units: nm, ps, kJ/mol); CVs and METAD (each "
@@ -114,6 +123,12 @@ class Generation0(_Model):
         gt=0,
         description="With a baseline: how many of the frames (the first ones) are labeled at "
         "the target level too (default: all); the baseline labels every frame.",
+    )
+    intermediate_frames: int | None = Field(
+        None,
+        gt=0,
+        description="With material.intermediates: how many of the frames (the first ones) "
+        "each intermediate level labels (default: all); at least the target's.",
     )
 
 
@@ -271,6 +286,13 @@ class Labeling(_Model):
         gt=0,
         description="With a baseline: walkers whose final frame is labeled at the target level "
         "each generation (the first ones; default: every walker).",
+    )
+    intermediate_per_generation: int | None = Field(
+        None,
+        gt=0,
+        description="With material.intermediates: walkers whose final frame each intermediate "
+        "level labels each generation (the first ones; default: every walker); at least "
+        "labeling.target_per_generation.",
     )
     target_budget: int | None = Field(
         None,
@@ -465,7 +487,53 @@ class Campaign(_Model):
                 f"generation0.target_frames: {target_frames} is more than "
                 f"generation0.frames ({self.generation0.frames})"
             )
+        self._check_intermediates()
         return self
+
+    def _check_intermediates(self) -> None:
+        """material.intermediates fit the method and the labeling counts make a ladder: each
+        level labels at least the frames of the level above it."""
+        middle = self.material.intermediates
+        if middle is None:
+            for key, value in (
+                ("generation0.intermediate_frames", self.generation0.intermediate_frames),
+                ("labeling.intermediate_per_generation", self.labeling.intermediate_per_generation),
+            ):
+                if value is not None:
+                    raise ValueError(f"{key}: needs material.intermediates")
+            return
+        if self.training.method != "hierarchical":
+            raise ValueError(
+                "material.intermediates: only training.method hierarchical learns a ladder of "
+                f"levels (training.method is {self.training.method})"
+            )
+        ladder = [str(self.material.baseline), *middle, self.material.level]
+        for n, name in enumerate(middle):
+            if ladder.count(name) > 1 or any(Path(name) == Path(o) for o in ladder if o != name):
+                raise ValueError(
+                    f"material.intermediates.{n}: {name} is named twice among material.baseline, "
+                    "material.intermediates and material.level"
+                )
+        g0 = self.generation0
+        # (unset target counts: every frame, every walker)
+        pairs = (
+            ("generation0.intermediate_frames", g0.intermediate_frames,
+             g0.target_frames or g0.frames, "generation0.target_frames"),
+            ("labeling.intermediate_per_generation", self.labeling.intermediate_per_generation,
+             self.labeling.target_per_generation or self.walkers.count,
+             "labeling.target_per_generation"),
+        )  # fmt: skip
+        for key, middle_count, target_count, target_key in pairs:
+            if middle_count is not None and middle_count < target_count:
+                raise ValueError(
+                    f"{key}: {middle_count} is fewer than the target labels ({target_key}: "
+                    f"{target_count}); every target frame needs its intermediate labels"
+                )
+        if g0.intermediate_frames is not None and g0.intermediate_frames > g0.frames:
+            raise ValueError(
+                f"generation0.intermediate_frames: {g0.intermediate_frames} is more than "
+                f"generation0.frames ({g0.frames})"
+            )
 
     def path(self, directory: Path, relative: str) -> Path:
         return (directory / relative).resolve()

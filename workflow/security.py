@@ -35,8 +35,11 @@ def _leaves(value: str, root: Path) -> bool:
     return False
 
 
-def material_outside(root: Path, material: dict[str, str], section: str = "material") -> list[str]:
-    """One warning per material file outside the campaign directory.
+def material_outside(
+    root: Path, material: dict[str, str | list[str]], section: str = "material"
+) -> list[str]:
+    """One warning per material file outside the campaign directory (a list of files, such as
+    material.intermediates, by index).
 
     Such a file is an input (read, digested for change detection, never written), so it is not
     refused: the main job shares the template's files this way. But the directory is then not
@@ -44,12 +47,17 @@ def material_outside(root: Path, material: dict[str, str], section: str = "mater
     only caught by the digest at the next run.
     """
     root = Path(root).resolve()
+    files = [
+        (f"{key}.{n}", item) if isinstance(value, list) else (key, value)
+        for key, value in material.items()
+        for n, item in (enumerate(value) if isinstance(value, list) else [(0, value)])
+    ]
     return [
         f"{root / CAMPAIGN_FILE}: {section}.{key}: {value!r} is outside the campaign directory "
         "(an absolute path, '..' or '~'): the campaign reads it but is not self-contained; copy "
         "the file into the directory to share or move the campaign"
-        for key, value in material.items()
-        if value is not None and _leaves(value, root)
+        for key, value in files
+        if isinstance(value, str) and _leaves(value, root)
     ]
 
 

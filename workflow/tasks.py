@@ -14,7 +14,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -133,16 +133,19 @@ def train_levels_generation(
     threads: int,
     device: str = "auto",
     compile: bool = True,
+    intermediates: Sequence[str] = (),
 ) -> Timed[Potential]:
-    """Train one generation's potential on frames labeled at two levels (``training.method``),
-    each NequIP part warm-started from its namesake in ``init_from`` when given."""
+    """Train one generation's potential on frames labeled at two levels or more
+    (``training.method``; hierarchical: ``intermediates`` between the baseline and the
+    target), each NequIP part warm-started from its namesake in ``init_from`` when given."""
     from hillwalker.engines.multilevel import read_levels
     from hillwalker.engines.potentials import train_potential
 
     started = _mark_started(out_dir)
     potential = train_potential(
         read_levels([data]), Path(out_dir), method=method, target=target, baseline=baseline,
-        baseline_level=Path(baseline_level), template=Path(template), settings=settings,
+        baseline_level=Path(baseline_level), intermediates=intermediates,
+        template=Path(template), settings=settings,
         init_from=Path(init_from) if init_from else None, device=device, compile=compile,
         threads=threads,
     )  # fmt: skip

@@ -24,6 +24,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from ase import Atoms
@@ -127,6 +128,8 @@ def validate_campaign(directory: str | Path, site: str | Path | None = None) -> 
         _check_level(root / material["level"], atoms, report)
     if material.get("baseline"):
         _check_baseline(root, material, campaign, atoms, report)
+    if isinstance(material.get("intermediates"), list):
+        _check_intermediates(root, material, atoms, report)
     if material.get("plumed"):
         _check_plumed(root / material["plumed"], atoms, campaign, root, report)
     if material.get("nequip"):
@@ -360,6 +363,38 @@ def _check_baseline(
         report.problems.append(f"material.baseline: {exc}")
     except ImportError as exc:
         report.unavailable.append(f"{path}: level check unavailable ({exc})")
+
+
+def _check_intermediates(
+    root: Path, material: dict[str, Any], atoms: Atoms | None, report: ValidationReport
+) -> None:
+    """Each intermediate level loads and covers the structure; no two levels share a name."""
+    from hillwalker.engines.levels import LevelError, load_level
+
+    names: dict[str, str] = {}
+    for key in ("level", "baseline"):
+        path = root / str(material.get(key) or "")
+        try:
+            names[load_level(path).name] = f"material.{key}" if path.is_file() else ""
+        except (LevelError, ImportError):
+            continue
+    for n, name in enumerate(material["intermediates"]):
+        path = root / str(name)
+        before = len(report.problems)
+        _check_level(path, atoms, report)
+        if len(report.problems) > before or not path.is_file():
+            continue
+        try:
+            level_name = load_level(path).name
+        except (LevelError, ImportError):
+            continue
+        if level_name in names:
+            report.problems.append(
+                f"{path}: material.intermediates.{n}: its level name {level_name!r} is that of "
+                f"{names[level_name] or 'another level'} too; labels of the two would be mixed "
+                "(rename one file)"
+            )
+        names[level_name] = f"material.intermediates.{n}"
 
 
 # --- PLUMED ----------------------------------------------------------------------------------

@@ -275,3 +275,125 @@ def _model(root: Path, g: int):
     from hillwalker.engines.potentials import read_potential
 
     return _as_model(read_potential(root / f"generations/{g:03d}/model"))
+
+
+MIDDLE = "gfn2"
+
+
+def three_level_config() -> dict:
+    """hierarchical over three levels: tblite GFN1-xTB < tblite GFN2-xTB < CP2K GFN1-xTB (the
+    order is the test's, not physics': three distinct levels the machine runs in seconds)."""
+    cfg = config("hierarchical")
+    cfg["name"] = "three-level"
+    cfg["material"]["intermediates"] = ["levels/gfn2.yaml"]
+    # 6 frames at the baseline, the first 4 at the middle level, the first 3 at the target
+    cfg["generation0"].update(intermediate_frames=4)
+    # 2 walkers: 1 snapshot + the final frame at the baseline; both final frames at the
+    # middle level, the first one's at the target
+    cfg["labeling"] = {"baseline_snapshots": 1, "target_per_generation": 1,
+                       "intermediate_per_generation": 2, "timeout": 300.0}  # fmt: skip
+    cfg["stop"] = {"generations": 1}
+    return cfg
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_a_three_level_hierarchical_campaign(tmp_path: Path) -> None:
+    """material.intermediates: each level labels the frames of the level above it and more;
+    the potential has one model per step of the ladder, each warm-started from its namesake;
+    a second run redoes nothing."""
+    root = tmp_path / "three"
+    new_from_template(root, "alanine-dipeptide")
+    (root / "campaign.yaml").write_text(yaml.safe_dump(three_level_config()))
+    models = run_campaign(root)
+    assert [m.directory.parent.name for m in models] == ["000", "001"]
+
+    sp = records(root, "single_point")
+    count: dict[tuple[int, str], int] = {}
+    for r in sp:
+        count[(r["generation"], r["level"])] = count.get((r["generation"], r["level"]), 0) + 1
+    assert count == {(0, BASELINE): 6, (0, MIDDLE): 4, (0, "xtb"): 3,
+                     (1, BASELINE): 4, (1, MIDDLE): 2, (1, "xtb"): 1}, count  # fmt: skip
+    assert campaign_status(root)["single_points"]["by_level"] == {
+        BASELINE: 10, MIDDLE: 6, "xtb": 4
+    }
+
+    # a ladder of frames: every target frame has its middle label, every middle frame its
+    # baseline label; generation 0's middle frames are its first 4 perturbed frames
+    levels = read_levels([root / "dataset.extxyz"])
+    assert {name: len(levels[name]) for name in levels} == {BASELINE: 10, MIDDLE: 6, "xtb": 4}
+    assert set(levels["xtb"].frames) <= set(levels[MIDDLE].frames) <= set(levels[BASELINE].frames)
+    gen0 = read_frames(root / "generations/000/labeled.extxyz")
+    assert [f.info["level"] for f in gen0] == ["xtb"] * 3 + [MIDDLE] * 4 + [BASELINE] * 6
+    assert [f.info["index"] for f in gen0 if f.info["level"] == MIDDLE] == [0, 1, 2, 3]
+
+    # one model per step: baseline (GFN1), delta-gfn2 (GFN2 - GFN1 on the middle frames),
+    # delta (target - GFN2 on the target frames); each warm-started from its namesake
+    for g, model in enumerate(models):
+        record = json.loads((model.directory / POTENTIAL_FILE).read_text())
+        assert record["intermediates"] == [MIDDLE]
+        assert [p["name"] for p in record["parts"]] == ["baseline", "delta-gfn2", "delta"]
+        sizes = {p: len(read_frames(model.directory / "data" / f"{p}.extxyz"))
+                 for p in ("baseline", "delta-gfn2", "delta")}  # fmt: skip
+        assert sizes == ({"baseline": 6, "delta-gfn2": 4, "delta": 3} if g == 0
+                         else {"baseline": 10, "delta-gfn2": 6, "delta": 4})  # fmt: skip
+        for part in ("baseline", "delta-gfn2", "delta"):
+            init = json.loads((model.directory / part / "model.json").read_text())["metrics"][
+                "config"
+            ]["init_from"]
+            assert (init is None) if g == 0 else f"generations/000/model/{part}/" in init
+    step = read_frames(models[-1].directory / "data" / "delta-gfn2.extxyz")[0]
+    key = frame_id(step)
+    want = labels(levels[MIDDLE].frames[key])["energy"] - labels(levels[BASELINE].frames[key])[
+        "energy"
+    ]
+    assert labels(step)["energy"] == pytest.approx(want, abs=1e-9)
+
+    # a second run finds everything done: no new label at any level, no training
+    before = {kind: len(records(root, kind)) for kind in ("single_point", "train", "walker")}
+    assert len(run_campaign(root)) == 2
+    assert {kind: len(records(root, kind)) for kind in before} == before
+
+
+def test_intermediate_levels_are_refused_where_they_do_not_fit(tmp_path: Path) -> None:
+    """Bad material.intermediates settings: a clear error naming file and key, nothing run."""
+    from hillwalker.config import ConfigError, load_campaign
+    from hillwalker.validate import validate_campaign
+
+    root = tmp_path / "bad"
+    new_from_template(root, "alanine-dipeptide")
+
+    def refused(cfg: dict) -> str:
+        (root / "campaign.yaml").write_text(yaml.safe_dump(cfg))
+        with pytest.raises(ConfigError) as err:
+            load_campaign(root)
+        return str(err.value)
+
+    cfg = three_level_config()
+    cfg["training"]["method"] = "delta"
+    assert "material.intermediates: only training.method hierarchical" in refused(cfg)
+    cfg = three_level_config()
+    cfg["generation0"]["intermediate_frames"] = 2  # the target labels 3
+    assert "generation0.intermediate_frames: 2 is fewer than the target labels" in refused(cfg)
+    cfg = three_level_config()
+    cfg["labeling"]["target_per_generation"] = None  # every walker: 2 > 1
+    cfg["labeling"]["intermediate_per_generation"] = 1
+    assert "labeling.intermediate_per_generation: 1 is fewer" in refused(cfg)
+    cfg = three_level_config()
+    cfg["material"]["intermediates"] = ["levels/gfn1-tblite.yaml"]
+    assert "material.intermediates.0: levels/gfn1-tblite.yaml is named twice" in refused(cfg)
+    cfg = three_level_config()
+    del cfg["material"]["intermediates"]
+    assert "generation0.intermediate_frames: needs material.intermediates" in refused(cfg)
+
+    # another file with the target's level name: validate and the run refuse it, by key
+    (root / "more").mkdir()
+    (root / "more/xtb.yaml").write_text((root / "levels/gfn2.yaml").read_text())
+    cfg = three_level_config()
+    cfg["material"]["intermediates"] = ["more/xtb.yaml"]
+    (root / "campaign.yaml").write_text(yaml.safe_dump(cfg))
+    problems = validate_campaign(root).problems
+    assert any("material.intermediates.0: its level name 'xtb'" in p for p in problems), problems
+    with pytest.raises(ConfigError, match=r"material.intermediates.0: its level name 'xtb'"):
+        run_campaign(root)
+    assert not (root / "generations").exists()
