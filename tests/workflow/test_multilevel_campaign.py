@@ -314,9 +314,7 @@ def test_a_three_level_hierarchical_campaign(tmp_path: Path) -> None:
         count[(r["generation"], r["level"])] = count.get((r["generation"], r["level"]), 0) + 1
     assert count == {(0, BASELINE): 6, (0, MIDDLE): 4, (0, "xtb"): 3,
                      (1, BASELINE): 4, (1, MIDDLE): 2, (1, "xtb"): 1}, count  # fmt: skip
-    assert campaign_status(root)["single_points"]["by_level"] == {
-        BASELINE: 10, MIDDLE: 6, "xtb": 4
-    }
+    assert campaign_status(root)["single_points"]["by_level"] == {BASELINE: 10, MIDDLE: 6, "xtb": 4}
 
     # a ladder of frames: every target frame has its middle label, every middle frame its
     # baseline label; generation 0's middle frames are its first 4 perturbed frames
@@ -344,9 +342,10 @@ def test_a_three_level_hierarchical_campaign(tmp_path: Path) -> None:
             assert (init is None) if g == 0 else f"generations/000/model/{part}/" in init
     step = read_frames(models[-1].directory / "data" / "delta-gfn2.extxyz")[0]
     key = frame_id(step)
-    want = labels(levels[MIDDLE].frames[key])["energy"] - labels(levels[BASELINE].frames[key])[
-        "energy"
-    ]
+    want = (
+        labels(levels[MIDDLE].frames[key])["energy"]
+        - labels(levels[BASELINE].frames[key])["energy"]
+    )
     assert labels(step)["energy"] == pytest.approx(want, abs=1e-9)
 
     # a second run finds everything done: no new label at any level, no training
