@@ -82,15 +82,26 @@ def print_status(report: dict[str, Any]) -> None:
         + (f"; retries: {retries}" if retries else "")
         + (f"; by level: {_counts(sp['by_level'])}" if len(sp.get("by_level", {})) > 1 else "")
     )
-    table = Table("gen", "new frames", "failed", "force RMSE meV/Å", "energy meV/atom", "model")
+    # the validation errors, then each test set's (evaluation.test_sets): force | energy
+    tests = sorted({n for g in report["generations"] for n in (g.get("test_sets") or {})})
+    table = Table(
+        "gen", "new frames", "failed", "force RMSE meV/Å", "energy meV/atom",
+        *(f"test {n}\nforce | energy" for n in tests), "model",
+    )  # fmt: skip
     for g in report["generations"]:
         v = g["validation"]
+        scored = [(g.get("test_sets") or {}).get(n) or {} for n in tests]
         table.add_row(
             str(g["generation"]),
             str(g["single_points_done"]),
             str(g["single_points_failed"]),
             _num(v.get("force_rmse_mev_per_ang")),
             _num(v.get("energy_rmse_mev_per_atom")),
+            *(
+                f"{_num(t.get('force_rmse_mev_per_ang'))} | "
+                f"{_num(t.get('energy_rmse_mev_per_atom'))}"
+                for t in scored
+            ),
             g["model"],
         )
     console.print(table)

@@ -250,6 +250,16 @@ def test_two_generations_end_to_end(tmp_path):
     assert set(got) == set(want)
     for key in ("energy_rmse_mev_per_atom", "force_rmse_mev_per_ang", "stress_rmse_gpa"):
         assert got[key] == pytest.approx(want[key], rel=1e-6)
+    # and `status` shows them beside the validation errors, force | energy per generation
+    human = subprocess.run(
+        [HILLWALKER, "status", str(root)], capture_output=True, text=True, check=True,
+        env={**os.environ, "COLUMNS": "240"},
+    ).stdout  # fmt: skip
+    assert "test np-lp" in human
+    for g in status["generations"]:
+        scores = g["test_sets"]["np-lp"]
+        cell = f"{scores['force_rmse_mev_per_ang']:.1f} | {scores['energy_rmse_mev_per_atom']:.1f}"
+        assert cell in human, human
     assert status["single_points"]["done"] == len(dataset)
     assert status["cv_range"]
 
