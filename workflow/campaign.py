@@ -489,7 +489,7 @@ class CampaignRun:
         if fut.exception() is not None:
             return  # reported by _wait_labels; no record, so a rerun retries it
         timed: Timed[SinglePointResult] = fut.result()
-        self._clock.add("dft", timed.interval)
+        self._clock.add("dft", timed.interval, timed.cpu_seconds)
         self._record_label(key, timed.result, timed.interval)
 
     def _record_label(
@@ -746,7 +746,7 @@ class CampaignRun:
             raise CampaignError(f"walker {i} of generation {g} could not run: {exc}") from exc
         timed: Timed[WalkerSegment] = fut.result()
         segment = timed.result
-        self._clock.add("md", timed.interval)
+        self._clock.add("md", timed.interval, timed.cpu_seconds)
         final_path = self.dir.task_dir("walker", key) / "final.extxyz"
         write_frames(final_path, [segment.final])
         failed_path = None
@@ -936,7 +936,7 @@ class CampaignRun:
         self._report(stage="training", epoch=0, max_epochs=epochs)
         timed = self._wait_training(g, key, submit(out_dir), out_dir)
         model = convert(timed.result)
-        self._save_model(g, key, Timed(model, timed.started, timed.finished))
+        self._save_model(g, key, Timed(model, timed.started, timed.finished, timed.cpu_seconds))
         self._score(g, key, model)
         self._clock.write(
             self.dir.timings(g),
@@ -996,7 +996,7 @@ class CampaignRun:
         }
         for name, fut in futures.items():
             timed: Timed[dict[str, Any]] = tasks.result_of(fut)
-            self._clock.add("train", timed.interval)
+            self._clock.add("train", timed.interval, timed.cpu_seconds)
             errors[name], digests[name] = timed.result, file_digest(todo[name])
             log.info(
                 "generation %d model on test set %s (%d frames): force RMSE %s meV/Å, "
@@ -1033,7 +1033,7 @@ class CampaignRun:
 
     def _save_model(self, g: int, key: str, timed: Timed[TrainedModel]) -> None:
         model = timed.result
-        self._clock.add("train", timed.interval)
+        self._clock.add("train", timed.interval, timed.cpu_seconds)
         rel = {
             name: None if path is None else str(Path(path).relative_to(self.dir.root))
             for name, path in (

@@ -233,6 +233,7 @@ def wall_time(data: CampaignData, timings: Mapping[int, Mapping[str, Any]]) -> s
                 cell(timings[g].get("wall_seconds")),
                 cell(labeling.get("cores")),
                 cell(labeling.get("core_busy_fraction")),
+                cell(timings[g].get("core_busy_fraction")),
                 cell(bool(timings[g].get("resumed"))),
             ]
         )
@@ -245,9 +246,16 @@ def wall_time(data: CampaignData, timings: Mapping[int, Mapping[str, Any]]) -> s
             "task was running (generations/NNN/timings.json; kinds overlap)",
         ),
         table(
-            ["generation", "wall (s)", "labeling cores", "labeling core use", "resumed"],
+            [
+                "generation",
+                "wall (s)",
+                "labeling cores",
+                "labeling core use",
+                "core use (CPU time / cores × wall)",
+                "resumed",
+            ],
             rows,
-            "core use while labeling (timings.json)",
+            "core use while labeling and over the whole generation (timings.json)",
         ),
     )
 

@@ -37,11 +37,14 @@ STARTED_NAME = "started.json"
 
 @dataclass
 class Timed(Generic[T]):
-    """An engine's result and when the task that made it ran (``time.time()`` seconds)."""
+    """An engine's result, when the task that made it ran (``time.time()`` seconds) and the CPU
+    time it used (its worker process's threads and the programs it waited for, such as CP2K and
+    nequip-train; None where not measured)."""
 
     result: T
     started: float
     finished: float
+    cpu_seconds: float | None = None
 
     @property
     def interval(self) -> tuple[float, float]:
@@ -52,13 +55,30 @@ class Timed(Generic[T]):
         return self.finished - self.started
 
 
-def _mark_started(workdir: str | Path) -> float:
+def _cpu() -> float:
+    """CPU seconds of this process (all its threads) and of the children it has waited for."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+@dataclass(frozen=True)
+class _Start:
+    wall: float
+    cpu: float
+
+    def done(self, result: T) -> Timed[T]:
+        """``result`` timed from this start; a worker process runs one task at a time, so the
+        process's CPU time since the start is the task's."""
+        return Timed(result, self.wall, time.time(), _cpu() - self.cpu)
+
+
+def _mark_started(workdir: str | Path) -> _Start:
     """``started.json`` in the task's directory: when a worker took it up (a killed task's
     lost work is the time since then)."""
-    started = time.time()
+    start = _Start(time.time(), _cpu())
     Path(workdir).mkdir(parents=True, exist_ok=True)
-    atomic_write_json(Path(workdir) / STARTED_NAME, {"started": started, "pid": os.getpid()})
-    return started
+    atomic_write_json(Path(workdir) / STARTED_NAME, {"started": start.wall, "pid": os.getpid()})
+    return start
 
 
 def label_frame(
@@ -67,9 +87,9 @@ def label_frame(
     """One single point of ``frame`` at the level in ``level_path`` (any code)."""
     from hillwalker.engines.levels import load_level
 
-    started = _mark_started(workdir)
+    clock = _mark_started(workdir)
     result = load_level(level_path).single_point(frame, Path(workdir), options)
-    return Timed(result, started, time.time())
+    return clock.done(result)
 
 
 def train_generation(
@@ -92,12 +112,12 @@ def train_generation(
     ``data``; ``refit_references``: every element's reference fitted to ``data``."""
     from hillwalker.engines.nequip import train
 
-    started = _mark_started(out_dir)
+    clock = _mark_started(out_dir)
     if init_from and (species_map or refit_references):
         from hillwalker.engines.dataset import read_frames
         from hillwalker.modeling import transferred_start
 
-        start = transferred_start(
+        surgery = transferred_start(
             Path(init_from),
             Path(out_dir),
             species_map or {},
@@ -105,7 +125,7 @@ def train_generation(
             threads,
             refit_all=refit_references,
         )
-        init_from = str(start)
+        init_from = str(surgery)
     model = train(
         Path(data),
         Path(out_dir),
@@ -116,7 +136,7 @@ def train_generation(
         threads=threads,
         compile=compile,
     )
-    return Timed(model, started, time.time())
+    return clock.done(model)
 
 
 def train_levels_generation(
@@ -141,7 +161,7 @@ def train_levels_generation(
     from hillwalker.engines.multilevel import read_levels
     from hillwalker.engines.potentials import train_potential
 
-    started = _mark_started(out_dir)
+    clock = _mark_started(out_dir)
     potential = train_potential(
         read_levels([data]), Path(out_dir), method=method, target=target, baseline=baseline,
         baseline_level=Path(baseline_level), intermediates=intermediates,
@@ -149,7 +169,7 @@ def train_levels_generation(
         init_from=Path(init_from) if init_from else None, device=device, compile=compile,
         threads=threads,
     )  # fmt: skip
-    return Timed(potential, started, time.time())
+    return clock.done(potential)
 
 
 def explore(
@@ -171,7 +191,7 @@ def explore(
     from hillwalker.engines.potentials import load_potential
     from hillwalker.engines.walkers import run_segment
 
-    started = _mark_started(workdir)
+    clock = _mark_started(workdir)
     # a walker state is an ASE .traj (with momenta) or the start structure's extxyz
     safe = ase.io.read(last_safe, index=-1) if last_safe else None
     segment = run_segment(
@@ -185,7 +205,7 @@ def explore(
         last_safe=safe if isinstance(safe, Atoms) else None,
         model=model,
     )
-    return Timed(segment, started, time.time())
+    return clock.done(segment)
 
 
 def score_model(
@@ -196,12 +216,12 @@ def score_model(
     from hillwalker.engines.dataset import read_frames
     from hillwalker.engines.potentials import score_frames
 
-    started = time.time()
+    clock = _Start(time.time(), _cpu())
     found = read_frames(frames)
     if level is not None:
         found = [f for f in found if f.info.get("level", level) == level]
     errors = score_frames(Path(model), found, source=frames, threads=threads)
-    return Timed(errors, started, time.time())
+    return clock.done(errors)
 
 
 #: seconds a waiting main thread sleeps at a time (see :func:`result_of`)

@@ -17,10 +17,14 @@ class GenerationClock:
 
     def __init__(self) -> None:
         self.intervals: list[tuple[str, float, float]] = []
+        #: CPU seconds the tasks used, by kind (tasks that measured it)
+        self.cpu: dict[str, float] = {}
         self.started = time.time()
 
-    def add(self, kind: str, interval: tuple[float, float]) -> None:
+    def add(self, kind: str, interval: tuple[float, float], cpu: float | None = None) -> None:
         self.intervals.append((kind, *interval))
+        if cpu is not None:
+            self.cpu[kind] = self.cpu.get(kind, 0.0) + cpu
 
     def summary(self, generation: int, *, cores: int, resumed: bool) -> dict[str, Any]:
         """Wall time split by what ran; 'idle' is time with no task running."""
@@ -34,6 +38,11 @@ class GenerationClock:
             "idle_seconds": wall - any_task,
             "overhead_fraction": (wall - any_task) / wall if wall > 0 else None,
             "labeling": self._labeling(cores),
+            # how busy the cores were over the whole generation: the CPU time its tasks used
+            # (threads and the programs they ran) over cores x wall time
+            "cpu_seconds": dict(self.cpu),
+            "cores": cores,
+            "core_busy_fraction": sum(self.cpu.values()) / (cores * wall) if wall > 0 else None,
             # a resumed generation's timings miss the tasks found done
             "resumed": resumed,
         }

@@ -250,6 +250,14 @@ def test_two_generations_end_to_end(tmp_path):
     assert set(got) == set(want)
     for key in ("energy_rmse_mev_per_atom", "force_rmse_mev_per_ang", "stress_rmse_gpa"):
         assert got[key] == pytest.approx(want[key], rel=1e-6)
+    # every walker generation's timings: the CPU time of each kind of task, measured in the
+    # tasks (threads and the programs they waited for), and the cores' use over its wall time
+    for g in (1, 2):
+        timing = json.loads((root / f"generations/00{g}/timings.json").read_text())
+        assert set(timing["cpu_seconds"]) == {"md", "dft", "train"}
+        assert all(v > 0 for v in timing["cpu_seconds"].values()), timing
+        assert timing["cpu_seconds"]["train"] >= 0.5 * timing["busy_seconds"]["train"], timing
+        assert 0 < timing["core_busy_fraction"] <= 1.05, timing
     # and `status` shows them beside the validation errors, force | energy per generation
     human = subprocess.run(
         [HILLWALKER, "status", str(root)], capture_output=True, text=True, check=True,
