@@ -830,7 +830,7 @@ class CampaignRun:
         data = self.dir.generation(g) / "train.extxyz"
         write_frames(data, read_frames(self.dir.dataset))
         template = self.dir.root / self.cfg.material.nequip
-        compile = settings.compile_models(self.cfg)
+        compile = settings.compile_models(self.cfg, self.ex.parallel("md"))
         key = task_key(
             "train",
             g,
@@ -874,7 +874,7 @@ class CampaignRun:
         template = self.dir.root / self.cfg.material.nequip
         baseline_file = self.dir.root / str(self.cfg.material.baseline)
         init = previous.directory if warm and previous is not None else None
-        compile = settings.compile_models(self.cfg)
+        compile = settings.compile_models(self.cfg, self.ex.parallel("md"))
         middle = [level.name for level in self.intermediates]
         key = task_key(
             "train-levels",

@@ -328,6 +328,11 @@ class Execution:
         """Refuse a task expected to take longer than its blocks' walltime (before submitting)."""
         self.site.check_task_fits(kind, seconds)
 
+    def parallel(self, kind: str) -> int | None:
+        """How many tasks of ``kind`` run side by side: the local pool's cores, or None for a
+        SLURM kind (as many as its blocks hold)."""
+        return self.cores if self.site.task(kind).provider == "local" else None
+
     def threads(self, kind: str) -> int:
         """CPU threads one task of ``kind`` may use: a SLURM task its ``cores_per_task``; on the
         local pool a training (which runs alone in the loop) every core, anything else one."""

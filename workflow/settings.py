@@ -72,17 +72,23 @@ def training_changes(cfg: Campaign, generation: int, *, warm: bool) -> dict[str,
     }
 
 
-#: walker steps per generation (all walkers) from which compiling a model pays on CPU: compiled
-#: MIL-53 MD ran 55 steps/s, eager 23 (one thread), compiling took 102 s (one thread) — ~0.025 s
-#: saved per step (benchmarks/bench_nequip.py, 2026-12-02)
-COMPILE_FROM_STEPS = 4000
+#: CPU seconds a compiled model saves per MD step: compiled MIL-53 MD ran 55 steps/s, eager 23
+#: (one thread each; benchmarks/bench_nequip.py, 2026-12-02)
+SECONDS_SAVED_PER_STEP = 1 / 23 - 1 / 55
+#: wall seconds of the AOTInductor compile of a MIL-53 model (the main job, 2026-12-03: 66 s)
+COMPILE_SECONDS = 66.0
 
 
-def compile_models(cfg: Campaign) -> bool:
-    """Whether the campaign's models are AOTInductor-compiled for its walkers."""
+def compile_models(cfg: Campaign, parallel: int | None = None) -> bool:
+    """Whether the campaign's models are AOTInductor-compiled for its walkers. ``auto``: when
+    the MD wall time it saves exceeds the compile's; the walkers run ``parallel`` at a time
+    (the local cores; None: all at once, as on a cluster), so the time saved is the steps'
+    saving divided among them, while the compile holds the walkers back all that time."""
     choice = cfg.training.compile
     if choice == "auto":
-        return cfg.walkers.count * cfg.walkers.steps >= COMPILE_FROM_STEPS
+        w = cfg.walkers
+        side_by_side = max(1, min(w.count, parallel or w.count))
+        return w.count * w.steps * SECONDS_SAVED_PER_STEP / side_by_side >= COMPILE_SECONDS
     return bool(choice)
 
 
