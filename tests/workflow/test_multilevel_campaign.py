@@ -87,9 +87,10 @@ def records(root: Path, kind: str) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-# transfer is `heavy` (out of CI, for its time budget: 324 s on a loaded 2-core machine): its
-# training is tested by test_train_methods.py, a two-level campaign's resume by the kill test below
-@pytest.mark.parametrize("method", ["delta", pytest.param("transfer", marks=pytest.mark.heavy)])
+# delta and transfer; hierarchical: the kill test's reference run below. (direct with a baseline
+# failed the exact label counts here: a generation-2 walker on its weak model blew up and its reset
+# frame was one of its own snapshots, one baseline label for two frames)
+@pytest.mark.parametrize("method", ["delta", "transfer"])
 def test_a_two_level_campaign_runs_two_generations(tmp_path: Path, method: str) -> None:
     root = make(tmp_path / method, method)
     models = run_campaign(root)
