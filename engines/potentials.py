@@ -176,10 +176,24 @@ def train_potential(
         rate = settings.learning_rate * transfer_learning_rate
         fit("model", shifted, init=out_dir / "pretrain", learning_rate=rate)
         parts.append({"name": "references", "kind": "offsets", "energies": offsets})
-    record = {
+    record = _potential_record(data, method, target, baseline, intermediates, parts)
+    atomic_write_json(out_dir / POTENTIAL_FILE, record)
+    return Potential(out_dir, method, target, baseline, parts, models, intermediates)
+
+
+def _potential_record(
+    data: dict[str, LevelFrames],
+    method: str,
+    target: str,
+    baseline: str | None,
+    intermediates: list[str],
+    parts: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """potential.json: the method, each level's name and digest, the parts, frames per level."""
+    return {
         "method": method,
         "target": target,
-        "target_digest": high.digest,
+        "target_digest": data[target].digest,
         "baseline": baseline,
         "baseline_digest": data[baseline].digest if baseline else None,
         **(
@@ -193,8 +207,6 @@ def train_potential(
         "parts": parts,
         "frames": {name: len(frames) for name, frames in data.items()},
     }
-    atomic_write_json(out_dir / POTENTIAL_FILE, record)
-    return Potential(out_dir, method, target, baseline, parts, models, intermediates)
 
 
 def _check(
