@@ -73,6 +73,27 @@ def labels(atoms: Atoms) -> dict[str, Any]:
     return {k: results[k] for k in ("energy", "forces", "stress") if k in results}
 
 
+def largest_force(atoms: Atoms) -> float | None:
+    """The largest force on any atom of a labeled frame (eV/Å; None: no force label)."""
+    forces = labels(atoms).get("forces")
+    if forces is None or len(forces) == 0:
+        return None
+    return float(np.linalg.norm(np.asarray(forces, dtype=float), axis=1).max())
+
+
+def split_by_force(frames: list[Atoms], limit: float | None) -> tuple[list[Atoms], list[Atoms]]:
+    """(frames whose largest force is at most ``limit`` eV/Å or that have no forces, the rest);
+    ``limit`` None keeps every frame. Order is kept."""
+    if limit is None:
+        return list(frames), []
+    kept: list[Atoms] = []
+    above: list[Atoms] = []
+    for atoms in frames:
+        f = largest_force(atoms)
+        (above if f is not None and f > limit else kept).append(atoms)
+    return kept, above
+
+
 def has_labels(atoms: Atoms, *, stress: bool = False) -> bool:
     got = labels(atoms)
     return "energy" in got and "forces" in got and (not stress or "stress" in got)

@@ -828,7 +828,7 @@ class CampaignRun:
             refit = not species_map
         changes = settings.training_changes(self.cfg, g, warm=warm)
         data = self.dir.generation(g) / "train.extxyz"
-        write_frames(data, read_frames(self.dir.dataset))
+        write_frames(data, self._training_frames(g))
         template = self.dir.root / self.cfg.material.nequip
         compile = settings.compile_models(self.cfg, self.ex.parallel("md"))
         key = task_key(
@@ -870,7 +870,7 @@ class CampaignRun:
         warm = previous is not None and t.mode == "warm"
         changes = settings.training_changes(self.cfg, g, warm=warm)
         data = self.dir.generation(g) / "train.extxyz"
-        write_frames(data, self._training_frames())
+        write_frames(data, self._training_frames(g))
         template = self.dir.root / self.cfg.material.nequip
         baseline_file = self.dir.root / str(self.cfg.material.baseline)
         init = previous.directory if warm and previous is not None else None
@@ -946,13 +946,36 @@ class CampaignRun:
         )
         return model
 
-    def _training_frames(self) -> list[Atoms]:
-        """The dataset to train on; with a delta part (delta, hierarchical), a frame whose
-        label one step down the ladder (baseline, intermediates, target) failed is left out
-        (its difference is unknown)."""
+    def _training_frames(self, g: int) -> list[Atoms]:
+        """The dataset to train generation g on: without the frames whose reference force
+        exceeds training.max_label_force (kept in the dataset, named in the log); with a delta
+        part (delta, hierarchical), a frame whose label one step down the ladder (baseline,
+        intermediates, target) failed or was left out is left out too (its difference is
+        unknown)."""
+        from hillwalker.engines.dataset import largest_force, split_by_force
         from hillwalker.engines.multilevel import frame_id
 
-        frames = read_frames(self.dir.dataset)
+        limit = self.cfg.training.max_label_force
+        frames, above = split_by_force(read_frames(self.dir.dataset), limit)
+        if above:
+            log.warning(
+                "generation %d: %d frame(s) with a reference force above "
+                "training.max_label_force (%g eV/Å) left out of training: %s",
+                g,
+                len(above),
+                limit,
+                ", ".join(
+                    f"generation {f.info.get('generation')} task {f.info.get('task_id')} "
+                    f"({largest_force(f):.0f} eV/Å, {f.get_volume():.0f} Å³)"
+                    for f in above
+                ),
+            )
+            if not frames:
+                raise CampaignError(
+                    f"{self.dir.root / 'campaign.yaml'}: training.max_label_force: every one "
+                    f"of the {len(above)} labeled frames has a force above {limit:g} eV/Å; "
+                    "nothing is left to train on (raise it, or null to train on every frame)"
+                )
         if self.cfg.training.method not in ("delta", "hierarchical") or self.baseline is None:
             return frames
         ladder = [self.baseline.name, *(level.name for level in self.intermediates)]

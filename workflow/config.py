@@ -175,6 +175,15 @@ class Training(_Model):
     validation_fraction: float = Field(
         0.1, gt=0, lt=1, description="Fraction held out for validation."
     )
+    max_label_force: float | None = Field(
+        100.0,
+        gt=0,
+        description="Frames whose reference force on some atom exceeds this (eV/Å) stay in "
+        "dataset.extxyz but are left out of training: a walker that went where its model was "
+        "badly wrong can bring back a torn geometry (MIL-53 at the volume walls: 200-250 eV/Å, "
+        "1.2 eV/atom above every other frame; thermal and perturbed frames stay below ~40), "
+        "and two such frames in 36 doubled the model's test error. null: train on every frame.",
+    )
     init: str | None = Field(
         None,
         description="A trained model (model directory or .nequip.zip; relative paths from the "

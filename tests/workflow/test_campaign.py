@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from hillwalker.campaign import CampaignError
-from hillwalker.engines.dataset import labels, read_frames, write_frames
+from hillwalker.engines.dataset import labels, largest_force, read_frames, write_frames
 from hillwalker.engines.plumed import bias_from_hills, read_hills
 from hillwalker.execution import machine_cores
 from hillwalker.material_templates import new_from_template
@@ -390,6 +390,39 @@ def test_a_campaign_stops_once_its_test_error_reaches_the_target(tmp_path):
     record = next((root / ".hillwalker/tasks/train").glob("*.json"))
     errors = json.loads(record.read_text())["test_sets"]["indep"]
     assert f"{errors['force_rmse_mev_per_ang']:.1f}" == force
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_frames_above_max_label_force_stay_in_the_dataset_but_out_of_training(tmp_path):
+    """A walker where its model was badly wrong can bring back a torn geometry (MIL-53 at the
+    volume walls: 230-250 eV/Å); such frames are labeled and kept, but not trained on."""
+    root = make_campaign(
+        tmp_path / "c", generation0={"frames": 6}, training={"epochs": 2}, stop={"generations": 0}
+    )
+    run_campaign(root)
+    forces = sorted(largest_force(f) for f in read_frames(root / "dataset.extxyz"))
+    assert len(forces) == 6 and forces[2] < forces[3]
+    trained = read_frames(root / "generations/000/train.extxyz")
+    assert sorted(largest_force(f) for f in trained) == forces  # the default keeps them all
+    # the limit between the third and fourth largest force: a safe change, generation 0
+    # trains again on the three frames below it
+    config = yaml.safe_load((root / "campaign.yaml").read_text())
+    config["training"]["max_label_force"] = (forces[2] + forces[3]) / 2
+    (root / "campaign.yaml").write_text(yaml.safe_dump(config))
+    run_campaign(root)
+    assert len(read_frames(root / "dataset.extxyz")) == 6
+    trained = read_frames(root / "generations/000/train.extxyz")
+    assert sorted(largest_force(f) for f in trained) == forces[:3]
+    records = [json.loads(p.read_text()) for p in (root / ".hillwalker/tasks/train").glob("*.json")]
+    assert len(records) == 2 and all(r["status"] == "done" for r in records)
+    log = (root / ".hillwalker/run.log").read_text()
+    assert "generation 0: 3 frame(s) with a reference force above training.max_label_force" in log
+    # a limit below every frame's force leaves nothing: refused, the key named
+    config["training"]["max_label_force"] = forces[0] / 2
+    (root / "campaign.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(CampaignError, match=r"training\.max_label_force: every one of the 6"):
+        run_campaign(root)
 
 
 @pytest.mark.slow
