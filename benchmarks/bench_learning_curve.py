@@ -26,6 +26,14 @@ walker velocities, training split) or, for the oracle and ``+scratch``, the trai
 seed 0 in ``--work`` itself, seed S in ``--work/seed-S``; the JSON's ``summary`` gives the mean,
 min and max over the seeds of each method's errors at each budget.
 
+Diagnostics (``diagnostics_at_largest_budget`` in the JSON, ``learning_curve_diagnostics.py``):
+per seed and method, the cell volumes of the frames it trained on by region, and its model's
+energy errors that frame RMSEs hide: the offset per bin, the error of the lp − np energy
+difference and of the shape of E(V) along the np → lp path.
+
+``--train-override KEY=VALUE`` (repeatable) sets a ``training.overrides`` entry for every method
+(e.g. ``energy_weight=100``); give such a run its own ``--work``.
+
 Resumable: every campaign resumes where it stopped, the oracle's labels and models are kept in
 ``--work``; a rerun only computes what is missing. Prints one JSON object whatever it shows.
 """
@@ -41,6 +49,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from learning_curve_diagnostics import diagnose
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_SET = ROOT / "tests" / "data" / "mil53_xtb_frames.extxyz"
@@ -304,6 +313,13 @@ def main() -> int:
     parser.add_argument("--random-epochs", type=int, default=330)
     parser.add_argument("--seeds", default="0", help="comma-separated: each method once per seed")
     parser.add_argument("--quick", action="store_true", help="tiny settings: checks the path")
+    parser.add_argument(
+        "--train-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a training.overrides entry for every method (e.g. energy_weight=100); use its own --work",
+    )
     args = parser.parse_args()
     budgets = sorted(int(b) for b in args.budgets.split(","))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -314,6 +330,12 @@ def main() -> int:
         )
         if not known:
             parser.error(f"unknown method {method!r}")
+    overrides = {}
+    for item in args.train_override:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--train-override {item!r}: expected KEY=VALUE")
+        overrides[key.strip()] = yaml.safe_load(value)
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     from hillwalker.engines.dataset import read_frames
@@ -324,6 +346,7 @@ def main() -> int:
     seconds: dict[str, float] = {}
     for seed in seeds:
         config = base_config(args.quick) | {"seed": seed}
+        config["training"].setdefault("overrides", {}).update(overrides)
         where = work if seed == 0 else work / f"seed-{seed}"
         where.mkdir(exist_ok=True)
         curves = by_seed[seed] = {}
@@ -339,6 +362,13 @@ def main() -> int:
                 curves[method] = run_scratch(where, method, config, budgets, epochs, bins)
             seconds[f"{method} seed {seed}"] = round(time.perf_counter() - started, 1)
     curves = by_seed[seeds[0]]
+    diagnostics = {
+        str(seed): {
+            m: diagnose(work if seed == 0 else work / f"seed-{seed}", m, max(budgets), bins)
+            for m in methods
+        }
+        for seed in seeds
+    }
     table = {str(b): {m: at_budget(points, b) for m, points in curves.items()} for b in budgets}
     print(
         json.dumps(
@@ -349,10 +379,12 @@ def main() -> int:
                 "quick": args.quick,
                 "budgets": budgets,
                 "seeds": seeds,
+                "train_overrides": overrides,
                 "table": table,
                 "summary": summary(by_seed, methods, budgets),
                 "curves": curves,
                 "curves_by_seed": {str(seed): c for seed, c in by_seed.items()},
+                "diagnostics_at_largest_budget": diagnostics,
                 "seconds_this_run": seconds,
             },
             indent=2,

@@ -1,0 +1,192 @@
+"""Why one sampling method beats another at a budget: what each method labeled and what its
+model learned, beyond frame RMSEs. Used by ``bench_learning_curve.py`` (``diagnostics`` in its
+JSON) and runnable on its ``--work`` directory alone:
+
+    .venv/bin/python benchmarks/learning_curve_diagnostics.py runs/lc --budget 36 \
+        --methods shared,none,random,oracle [--seeds 0,1,2] [--plot docs/figures/x.png]
+
+For each method (and seed) at the budget:
+
+- ``sampled``: the cell volumes of the frames it trained on, counted in the regions of the test
+  set's bins (``np`` < 400 Å³ ≤ ``start`` < 550 ≤ ``path`` < 700 ≤ ``lp``; the start structure
+  is 473 Å³, the relaxed narrow pore 365, the relaxed large pore 750);
+- ``energy``: the model's energy error per atom (prediction − reference, meV/atom) as a mean per
+  bin (a constant offset costs nothing in MD), the error of the large-pore − narrow-pore energy
+  difference (``lp_minus_np``: what decides which phase the model prefers), and the RMSE of the
+  energy along the np → lp path after its mean offset is removed (``path_shape``: the shape of
+  E(V) the model learned), with the path profile itself (volume, reference and predicted energy
+  relative to the path's first frame) for the plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: (name, lowest volume, highest volume) in Å³: the test bins' regions
+REGIONS = (("np", 0.0, 400.0), ("start", 400.0, 550.0), ("path", 550.0, 700.0),
+           ("lp", 700.0, float("inf")))  # fmt: skip
+WALKER_METHODS = ("shared", "independent", "none")
+
+
+def training_frames(where: Path, method: str, budget: int) -> list[Any] | None:
+    """The labeled frames ``method`` had spent ``budget`` single points on (None: not run)."""
+    from hillwalker.engines.dataset import read_frames
+
+    if method in WALKER_METHODS:
+        path = where / method / "dataset.extxyz"
+        if not path.is_file():
+            return None
+        frames = read_frames(path)[:budget]  # loop order; failed single points count
+        return [f for f in frames if f.info.get("status") == "done"]
+    if method == "random":
+        path = where / f"random-{budget}" / "dataset.extxyz"
+    elif method == "oracle":
+        path = where / "oracle" / f"train-{budget}.extxyz"
+    else:
+        path = where / method / f"train-{budget}.extxyz"
+    if not path.is_file():
+        return None
+    return [f for f in read_frames(path) if f.info.get("status", "done") == "done"]
+
+
+def final_model(where: Path, method: str, budget: int) -> Path | None:
+    """The model ``method`` had trained when ``budget`` single points were spent."""
+    if method in WALKER_METHODS:
+        from hillwalker.status import campaign_status
+
+        root, spent, last = where / method, 0, None
+        if not (root / "campaign.yaml").is_file():
+            return None
+        for g in campaign_status(root)["generations"]:
+            spent += g["single_points_done"] + g["single_points_failed"]
+            model = root / "generations" / f"{g['generation']:03d}" / "model"
+            if spent > budget:
+                break
+            if model.is_dir():
+                last = model
+        return last
+    if method == "random":
+        path = where / f"random-{budget}" / "generations" / "000" / "model"
+    else:
+        path = where / method / f"model-{budget}"
+    return path if path.is_dir() else None
+
+
+def sampled(frames: list[Any]) -> dict[str, Any]:
+    volumes = np.array([f.get_volume() for f in frames])
+    return {
+        "n": len(frames),
+        "volume_min": round(float(volumes.min()), 1),
+        "volume_max": round(float(volumes.max()), 1),
+        "by_region": {
+            name: int(((volumes >= lo) & (volumes < hi)).sum()) for name, lo, hi in REGIONS
+        },
+    }
+
+
+def energy_errors(model: Path, bins: dict[str, Path]) -> dict[str, Any]:
+    """Per-atom energy errors of ``model`` on the near_eq, np_lp and lp bins (meV/atom)."""
+    from hillwalker.engines.dataset import read_frames
+    from hillwalker.engines.nequip.deploy import load_calculator
+
+    calc = load_calculator(model)
+    errors: dict[str, np.ndarray] = {}
+    profile: list[dict[str, float]] = []
+    for name in ("near_eq", "np_lp", "lp"):
+        frames = read_frames(bins[name])
+        ref, pred, vol = [], [], []
+        for atoms in frames:
+            ref.append(atoms.get_potential_energy() / len(atoms))
+            copy = atoms.copy()
+            copy.calc = calc
+            pred.append(copy.get_potential_energy() / len(atoms))
+            vol.append(atoms.get_volume())
+        errors[name] = 1000.0 * (np.array(pred) - np.array(ref))
+        if name == "np_lp":
+            order = np.argsort(vol)
+            r0, p0 = ref[order[0]], pred[order[0]]
+            profile = [
+                {"volume": round(vol[i], 1), "reference_mev_per_atom": round(1000 * (ref[i] - r0), 1),
+                 "predicted_mev_per_atom": round(1000 * (pred[i] - p0), 1)}
+                for i in order
+            ]  # fmt: skip
+    path = errors["np_lp"]
+    return {
+        "offset_mev_per_atom": {k: round(float(v.mean()), 1) for k, v in errors.items()},
+        "lp_minus_np_mev_per_atom": round(float(errors["lp"].mean() - errors["near_eq"].mean()), 1),
+        "path_shape_rmse_mev_per_atom": round(
+            float(np.sqrt(np.mean((path - path.mean()) ** 2))), 1
+        ),
+        "path_profile": profile,
+    }
+
+
+def diagnose(where: Path, method: str, budget: int, bins: dict[str, Path]) -> dict[str, Any] | None:
+    frames = training_frames(where, method, budget)
+    model = final_model(where, method, budget)
+    if not frames or model is None:
+        return None
+    return {"model": str(model), "sampled": sampled(frames), "energy": energy_errors(model, bins)}
+
+
+def plot(diagnostics: dict[str, dict[str, Any]], out: Path, title: str) -> None:
+    """E(V) along the np → lp path: the reference and each method's model (one seed)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    reference_drawn = False
+    for method, d in diagnostics.items():
+        if d is None:
+            continue
+        profile = d["energy"]["path_profile"]
+        v = [p["volume"] for p in profile]
+        if not reference_drawn:
+            ax.plot(v, [p["reference_mev_per_atom"] for p in profile], "k-o", lw=2.5,
+                    label="reference (GFN1-xTB)")  # fmt: skip
+            reference_drawn = True
+        ax.plot(v, [p["predicted_mev_per_atom"] for p in profile], "--s", ms=4,
+                label=f"{method} ({d['sampled']['by_region']['path'] + d['sampled']['by_region']['lp']}"
+                      " frames ≥ 550 Å³)")  # fmt: skip
+    ax.set_xlabel("cell volume (Å³)")
+    ax.set_ylabel("energy per atom − first frame's (meV)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("work", type=Path)
+    parser.add_argument("--budget", type=int, default=36)
+    parser.add_argument("--methods", default="shared,none,random,oracle")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--plot", type=Path, help="PNG of E(V) along the path (the first seed)")
+    args = parser.parse_args()
+    work = args.work.resolve()
+    bins = {n: work / "test-set" / f"{n}.extxyz" for n in ("near_eq", "np_lp", "lp")}
+    for path in bins.values():
+        if not path.is_file():
+            raise SystemExit(f"{path}: missing; run bench_learning_curve.py --work {work} first")
+    methods = [m for m in args.methods.split(",") if m]
+    out: dict[str, dict[str, Any]] = {}
+    for seed in (int(s) for s in args.seeds.split(",") if s):
+        where = work if seed == 0 else work / f"seed-{seed}"
+        out[str(seed)] = {m: diagnose(where, m, args.budget, bins) for m in methods}
+    if args.plot:
+        first = next(iter(out))
+        plot(out[first], args.plot, f"MIL-53(Al), {args.budget} single points, seed {first}")
+    print(json.dumps({"budget": args.budget, "diagnostics_by_seed": out}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
