@@ -21,9 +21,7 @@ def campaign_status(directory: str | Path) -> dict[str, Any]:
     sps = cdir.records("single_point")
     walkers = cdir.records("walker")
     trains = cdir.records("train")
-    models = sorted(
-        (r for r in trains if r["status"] == STATUS_DONE), key=lambda r: r["generation"]
-    )
+    models = _latest_per_generation(cdir, [r for r in trains if r["status"] == STATUS_DONE])
     run = read_json(cdir.run_state) or {}
     holder = _read_lock(cdir.lock)
     running = bool(holder and _alive(holder))
@@ -138,6 +136,17 @@ def _will_redo(
         ),
         "train": sum(g not in trained for g, _ in cdir.model_dirs()),
     }
+
+
+def _latest_per_generation(cdir: CampaignDir, models: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One finished training per generation, by generation: the newest record where a
+    generation was trained again (e.g. after its training set changed), not both."""
+    newest: dict[int, tuple[float, dict[str, Any]]] = {}
+    for r in models:
+        when = cdir.record_path("train", r["key"]).stat().st_mtime
+        if r["generation"] not in newest or when >= newest[r["generation"]][0]:
+            newest[r["generation"]] = (when, r)
+    return [newest[g][1] for g in sorted(newest)]
 
 
 def _failed_trainings(

@@ -60,3 +60,31 @@ def test_second_runner_is_refused_and_stale_lock_taken_over(tmp_path):
     )
     with cdir.locked():
         assert json.loads((tmp_path / ".hillwalker/lock").read_text())["pid"] == os.getpid()
+
+
+def test_status_shows_a_retrained_generation_once_with_its_newest_model(tmp_path):
+    from hillwalker.status import campaign_status
+
+    (tmp_path / "campaign.yaml").write_text("material: {}\n")
+    cdir = CampaignDir(tmp_path)
+    for key, g, rmse, age in (
+        ("old3", 3, 758.0, 100),
+        ("g2", 2, 320.0, 200),
+        ("new3", 3, 300.0, 0),
+    ):
+        cdir.save_record(
+            "train",
+            key,
+            {
+                "status": "done",
+                "generation": g,
+                "package": f"generations/{g:03d}/model/model.nequip.zip",
+                "metrics": {"force_rmse_mev_per_ang": rmse},
+            },
+        )
+        stamp = cdir.record_path("train", key).stat().st_mtime - age
+        os.utime(cdir.record_path("train", key), (stamp, stamp))
+    status = campaign_status(tmp_path)
+    assert [g["generation"] for g in status["generations"]] == [2, 3]
+    assert status["generations"][1]["validation"] == {"force_rmse_mev_per_ang": 300.0}
+    assert status["generations_done"] == 2
