@@ -11,7 +11,7 @@ Methods (all at the main job's level, GFN1-xTB in CP2K, and its NequIP template)
 - ``random``: N perturbations of the start structure only, labeled and trained once
   (``--random-epochs``) from scratch, for each budget N;
 - ``oracle``: the same model trained on N frames drawn from the test set's own distribution
-  (a second pool made like the test set, with another seed);
+  (a second pool made like the test set with other seeds, grown by whole draws of 48 frames);
 - ``shared+scratch`` (any walker method + ``+scratch``): that campaign's first N labeled frames
   trained once from scratch like ``random``: separates what the loop samples from how it trains.
 
@@ -238,27 +238,37 @@ def train_and_score(
 
 
 def oracle_pool(work: Path, n: int) -> list[Any]:
-    """``n`` labeled frames drawn like the test set with another seed (labeled once, kept)."""
+    """``n`` labeled frames drawn like the test set with other seeds (labeled once, kept).
+
+    The test set's recipe gives 48 frames per draw; the pool grows by whole draws (seeds
+    ``SEED + 7919 k``, k = 1, 2, ...), each shuffled, so that its first N frames cover np, the
+    path and lp for any N, and a larger budget keeps the frames a smaller one trained on."""
     from hillwalker.engines.cp2k import Level, single_point
-    from hillwalker.engines.dataset import read_frames, write_frames
+    from hillwalker.engines.dataset import append_frames, read_frames
 
     path = work / "oracle" / "pool.extxyz"
-    if path.exists() and len(read_frames(path)) >= n:
-        return read_frames(path)[:n]
+    pool = read_frames(path) if path.exists() else []
     sys.path.insert(0, str(ROOT / "tests" / "data"))
     import make_mil53_frames as maker  # the test set's own recipe
 
-    frames = maker.draw_frames(seed=maker.SEED + 7919)
     level = Level.from_file(maker.LEVEL)
-    labeled = []
-    for i, frame in enumerate(frames):
-        result = single_point(frame, level, work / "oracle" / "labels" / f"{i:03d}", timeout=300)
-        if result.status == "done":
-            labeled.append(result.to_atoms(frame, level="xtb", generation=0, task_id=i))
-    # the pool in random order, so that the first N frames cover np, the path and lp
-    order = np.random.default_rng(0).permutation(len(labeled))
-    write_frames(path, [labeled[i] for i in order])
-    return read_frames(path)[:n]
+    draws = max((int(f.info.get("pool_draw", 1)) for f in pool), default=0)
+    while len(pool) < n:
+        draws += 1
+        frames = maker.draw_frames(seed=maker.SEED + 7919 * draws)
+        labels = work / "oracle" / "labels" / ("" if draws == 1 else f"draw-{draws}")
+        labeled = []
+        for i, frame in enumerate(frames):
+            result = single_point(frame, level, labels / f"{i:03d}", timeout=300)
+            if result.status == "done":
+                atoms = result.to_atoms(frame, level="xtb", generation=0, task_id=i)
+                atoms.info["pool_draw"] = draws
+                labeled.append(atoms)
+        order = np.random.default_rng(draws - 1).permutation(len(labeled))
+        append_frames(path, [labeled[i] for i in order])
+        pool = read_frames(path)
+        print(f"oracle pool: draw {draws} labeled, {len(pool)} frames", file=sys.stderr)
+    return pool[:n]
 
 
 def _short(errors: dict[str, Any] | None) -> dict[str, Any] | None:
