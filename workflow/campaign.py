@@ -568,21 +568,30 @@ class CampaignRun:
     ) -> None:
         """The generation's new frames (target labels, then intermediate labels level by level,
         then baseline labels, each in loop order), then the whole dataset, rebuilt in loop
-        order."""
+        order. A single point found done in an earlier generation (a walker that blew up at its
+        start sends the frame it started from, labeled before) is in the dataset once."""
         new = [*labeled.values(), *(middle or {}).values(), *(base or {}).values()]
         write_frames(self.dir.generation(g) / "labeled.extxyz", new)
         done: list[Atoms] = []
         failed: list[Atoms] = []
+        seen: set[str] = set()
+        repeated = 0
         for n in range(g + 1):
             path = self.dir.generation(n) / "labeled.extxyz"
             for frame in read_frames(path) if path.exists() else []:
+                task = str(frame.info.get("task_id", ""))
+                if task.startswith("sp-") and task in seen:
+                    repeated += n == g and frame.info.get("status") == STATUS_DONE
+                    continue
+                seen.add(task)
                 (done if frame.info.get("status") == STATUS_DONE else failed).append(frame)
         write_frames(self.dir.dataset, done)
         write_frames(self.dir.failed, failed)
         log.info(
-            "generation %d: %d new frames, dataset %d frames, %d failed in all",
+            "generation %d: %d new frames%s, dataset %d frames, %d failed in all",
             g,
-            sum(f.info.get("status") == STATUS_DONE for f in new),
+            sum(f.info.get("status") == STATUS_DONE for f in new) - repeated,
+            f" ({repeated} more labeled before, not added again)" if repeated else "",
             len(done),
             len(failed),
         )
@@ -777,16 +786,16 @@ class CampaignRun:
         middle: dict[Any, Atoms],
     ) -> None:
         """A walker whose frame was labeled (at every level that labeled it) goes on from its
-        state; otherwise from its start."""
+        state; otherwise from its start. So does one whose label is left out of training
+        (a force above training.max_label_force: a torn geometry, which the next model knows
+        nothing about and would blow up on at once)."""
         states = {}
         for i, segment in segments.items():
             _, start = self._walker_keys[(g, i)]
             at_levels = [labeled.get(i), base.get((i, -1))]
             at_levels += [middle.get((j, i)) for j in range(len(self.intermediates))]
             finals = [f for f in at_levels if f is not None]
-            good = segment.status == STATUS_DONE and all(
-                f.info.get("status") == STATUS_DONE for f in finals
-            )
+            good = goes_on(segment.status, finals, self.cfg.training.max_label_force)
             states[_state_key(*self._slots[g][i])] = str(segment.state_path) if good else str(start)
         atomic_write_json(self.dir.walker_states(g), states)
 
@@ -1151,6 +1160,18 @@ def _as_model(potential: Potential) -> TrainedModel:
         compiled=None,
         record=potential.directory / POTENTIAL_FILE,
         metrics={**main.metrics, "method": potential.method, "part": main.directory.name},
+    )
+
+
+def goes_on(status: str, finals: list[Atoms], max_label_force: float | None) -> bool:
+    """Whether a walker's next segment starts from where this one ended: it ended normally
+    (``status``), and its frame's labels (``finals``, one per level) are done and all below
+    ``max_label_force`` (eV/Å; None: no limit), i.e. trained on."""
+    from hillwalker.engines.dataset import split_by_force
+
+    return status == STATUS_DONE and all(
+        f.info.get("status") == STATUS_DONE and not split_by_force([f], max_label_force)[1]
+        for f in finals
     )
 
 

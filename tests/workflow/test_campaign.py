@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 import yaml
 
-from hillwalker.campaign import CampaignError
+from hillwalker.campaign import CampaignError, goes_on
 from hillwalker.engines.dataset import labels, largest_force, read_frames, write_frames
 from hillwalker.engines.plumed import bias_from_hills, read_hills
 from hillwalker.execution import machine_cores
 from hillwalker.material_templates import new_from_template
 from hillwalker.runner import run_campaign
 from hillwalker.state import reap_orphans
+from hillwalker.status import campaign_status
 
 HILLWALKER = str(Path(sys.executable).parent / "hillwalker")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -416,6 +417,9 @@ def test_frames_above_max_label_force_stay_in_the_dataset_but_out_of_training(tm
     assert sorted(largest_force(f) for f in trained) == forces[:3]
     records = [json.loads(p.read_text()) for p in (root / ".hillwalker/tasks/train").glob("*.json")]
     assert len(records) == 2 and all(r["status"] == "done" for r in records)
+    (shown,) = campaign_status(root)["generations"]  # generation 0 once, its new model
+    assert shown["single_points_done"] == 6
+    assert shown["validation"]["n_train"] + shown["validation"]["n_val"] == 3
     log = (root / ".hillwalker/run.log").read_text()
     assert "generation 0: 3 frame(s) with a reference force above training.max_label_force" in log
     # a limit below every frame's force leaves nothing: refused, the key named
@@ -423,6 +427,46 @@ def test_frames_above_max_label_force_stay_in_the_dataset_but_out_of_training(tm
     (root / "campaign.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(CampaignError, match=r"training\.max_label_force: every one of the 6"):
         run_campaign(root)
+
+
+def test_a_walker_goes_on_only_from_a_frame_that_is_trained_on():
+    """A walker's next segment starts where it ended only if it ended normally and its frame
+    was labeled below training.max_label_force; a torn frame's state would blow the next
+    model up at once (seen: three of four walkers, each reset to a frame labeled before)."""
+    frames = read_frames(Path(__file__).parents[1] / "data/mil53_xtb_frames.extxyz")
+    by_force = sorted(frames, key=largest_force)
+    calm, strong = by_force[0], by_force[-1]
+    limit = (largest_force(calm) + largest_force(strong)) / 2
+    assert goes_on("done", [calm], limit) and goes_on("done", [strong], None)
+    assert not goes_on("done", [strong], limit)
+    assert not goes_on("done", [calm, strong], limit)  # every level's label counts
+    assert not goes_on("blown_up", [calm], limit)
+    failed = calm.copy()
+    failed.info = {**calm.info, "status": "failed"}
+    assert not goes_on("done", [failed], None)
+
+
+@pytest.mark.slow
+def test_a_frame_labeled_before_is_in_the_dataset_once(tmp_path):
+    """A walker that blows up at its very start sends the frame it started from; from the
+    second such generation on that frame was labeled before: found done, not added again."""
+    root = make_campaign(
+        tmp_path / "c",
+        walkers={"count": 1},
+        safety={"max_force": 0.001},  # every state fails the check: a blow-up at the start
+        stop={"generations": 2},
+    )
+    run_campaign(root)
+    records = list((root / ".hillwalker/tasks/single_point").glob("*.json"))
+    dataset = read_frames(root / "dataset.extxyz")
+    assert len(records) == 5 and len(dataset) == 5  # 4 perturbed + the start structure
+    assert len({f.info["task_id"] for f in dataset}) == 5
+    (again,) = read_frames(root / "generations/002/labeled.extxyz")
+    (first,) = read_frames(root / "generations/001/labeled.extxyz")
+    assert again.info["task_id"] == first.info["task_id"]
+    assert len(read_frames(root / "generations/002/train.extxyz")) == 5
+    log = (root / ".hillwalker/run.log").read_text()
+    assert "generation 2: 0 new frames (1 more labeled before, not added again)" in log
 
 
 @pytest.mark.slow
