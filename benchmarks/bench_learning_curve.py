@@ -32,7 +32,9 @@ energy errors that frame RMSEs hide: the offset per bin, the error of the lp −
 difference and of the shape of E(V) along the np → lp path.
 
 ``--train-override KEY=VALUE`` (repeatable) sets a ``training.overrides`` entry for every method
-(e.g. ``energy_weight=100``); give such a run its own ``--work``.
+(e.g. ``energy_weight=100``); ``--set SECTION.KEY=VALUE`` (repeatable) a campaign.yaml setting
+(e.g. ``generation0.frames=12``: more of the budget for the walkers); the JSON names both. Give
+such a run its own ``--work``.
 
 Resumable: every campaign resumes where it stopped, the oracle's labels and models are kept in
 ``--work``; a rerun only computes what is missing. Prints one JSON object whatever it shows.
@@ -330,6 +332,14 @@ def main() -> int:
         metavar="KEY=VALUE",
         help="a training.overrides entry for every method (e.g. energy_weight=100); use its own --work",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a campaign.yaml setting for the campaigns it runs (e.g. generation0.frames=12, "
+        "walkers.steps=2000); use its own --work",
+    )
     args = parser.parse_args()
     budgets = sorted(int(b) for b in args.budgets.split(","))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -346,6 +356,16 @@ def main() -> int:
         if not sep:
             parser.error(f"--train-override {item!r}: expected KEY=VALUE")
         overrides[key.strip()] = yaml.safe_load(value)
+    settings: dict[str, dict[str, Any]] = {}
+    sections = base_config(args.quick)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            parser.error(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        if not isinstance(sections.get(section), dict):
+            parser.error(f"--set {item!r}: no section {section!r} in the main job's campaign.yaml")
+        settings.setdefault(section, {})[name] = yaml.safe_load(value)
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     from hillwalker.engines.dataset import read_frames
@@ -357,6 +377,8 @@ def main() -> int:
     for seed in seeds:
         config = base_config(args.quick) | {"seed": seed}
         config["training"].setdefault("overrides", {}).update(overrides)
+        for section, values in settings.items():
+            config[section].update(values)
         where = work if seed == 0 else work / f"seed-{seed}"
         where.mkdir(exist_ok=True)
         curves = by_seed[seed] = {}
@@ -390,6 +412,7 @@ def main() -> int:
                 "budgets": budgets,
                 "seeds": seeds,
                 "train_overrides": overrides,
+                "campaign_settings": settings,
                 "table": table,
                 "summary": summary(by_seed, methods, budgets),
                 "curves": curves,
