@@ -350,22 +350,24 @@ def main() -> int:
         )
         if not known:
             parser.error(f"unknown method {method!r}")
-    overrides = {}
-    for item in args.train_override:
+
+    def key_value(flag: str, item: str, form: str) -> tuple[str, Any]:
         key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--train-override {item!r}: expected KEY=VALUE")
-        overrides[key.strip()] = yaml.safe_load(value)
+        if not sep or not key.strip():
+            parser.error(f"{flag} {item!r}: expected {form}")
+        return key.strip(), yaml.safe_load(value)
+
+    overrides = dict(key_value("--train-override", i, "KEY=VALUE") for i in args.train_override)
     settings: dict[str, dict[str, Any]] = {}
     sections = base_config(args.quick)
     for item in args.set:
-        key, sep, value = item.partition("=")
-        section, dot, name = key.strip().partition(".")
-        if not sep or not dot or not name:
+        key, value = key_value("--set", item, "SECTION.KEY=VALUE")
+        section, _, name = key.partition(".")
+        if not name:
             parser.error(f"--set {item!r}: expected SECTION.KEY=VALUE")
         if not isinstance(sections.get(section), dict):
             parser.error(f"--set {item!r}: no section {section!r} in the main job's campaign.yaml")
-        settings.setdefault(section, {})[name] = yaml.safe_load(value)
+        settings.setdefault(section, {})[name] = value
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     from hillwalker.engines.dataset import read_frames
