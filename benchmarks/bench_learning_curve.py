@@ -58,6 +58,8 @@ TEST_SET = ROOT / "tests" / "data" / "mil53_xtb_frames.extxyz"
 WALKER_METHODS = ("shared", "independent", "none")
 BINS = ("all", "near_eq", "np_lp", "lp")
 METRICS = ("force_rmse_mev_per_ang", "energy_rmse_mev_per_atom", "stress_rmse_gpa")
+#: torch threads of the from-scratch trainings (oracle, +scratch); None: every core (--threads)
+TRAIN_THREADS: int | None = None
 
 
 def test_bins(work: Path) -> dict[str, Path]:
@@ -199,8 +201,14 @@ def run_scratch(
         raise SystemExit(f"{method}: run {method.split('+')[0]} first ({source} is missing)")
     # dataset.extxyz is in loop order: generation by generation
     frames = [f for f in read_frames(source) if f.info.get("status") == "done"]
+    # frames above training.max_label_force were not trained on by the campaign: not here either
+    limit = config["training"].get("max_label_force", 100.0)
+
+    def trained(batch: list[Any]) -> list[Any]:
+        return [f for f in batch if limit is None or np.abs(f.get_forces()).max() <= limit]
+
     return [
-        train_and_score(work / method, n, frames[:n], config, epochs, bins)
+        train_and_score(work / method, n, trained(frames[:n]), config, epochs, bins)
         for n in budgets
         if n <= len(frames)
     ]
@@ -231,7 +239,9 @@ def train_and_score(
         seed=n + 1000 * int(config.get("seed", 0)),
         **overrides,
     )
-    model = train(data, where / f"model-{n}", template=template, settings=settings)
+    model = train(
+        data, where / f"model-{n}", template=template, settings=settings, threads=TRAIN_THREADS
+    )
     errors = {
         b: _short(evaluate(model.compiled or model.package, read_frames(path)))
         for b, path in bins.items()
@@ -340,7 +350,15 @@ def main() -> int:
         help="a campaign.yaml setting for the campaigns it runs (e.g. generation0.frames=12, "
         "walkers.steps=2000); use its own --work",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads of the oracle's and +scratch trainings (default: every core; on "
+        "cores other work keeps busy, 1: two spinning threads ran epochs many times slower)",
+    )
     args = parser.parse_args()
+    global TRAIN_THREADS
+    TRAIN_THREADS = args.threads
     budgets = sorted(int(b) for b in args.budgets.split(","))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]

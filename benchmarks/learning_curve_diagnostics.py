@@ -15,7 +15,12 @@ For each method (and seed) at the budget:
   difference (``lp_minus_np``: what decides which phase the model prefers), and the RMSE of the
   energy along the np → lp path after its mean offset is removed (``path_shape``: the shape of
   E(V) the model learned), with the path profile itself (volume, reference and predicted energy
-  relative to the path's first frame) for the plot.
+  relative to the path's first frame) for the plot;
+- ``training_fit``: the model on the frames it had to fit, by origin (``generation0``: the
+  perturbations of the start structure; ``walkers``: later generations' frames), energy mean
+  error and RMSE (meV/atom), force RMSE (meV/Å), and the frames' reference energy above the
+  xTB-relaxed narrow pore (meV/atom; equipartition at 400 K puts a thermalised frame ~52 above
+  its basin). A model that predicts one energy for frames of both kinds has not learned them.
 """
 
 from __future__ import annotations
@@ -127,12 +132,66 @@ def energy_errors(model: Path, bins: dict[str, Path]) -> dict[str, Any]:
     }
 
 
+#: the xTB-relaxed narrow pore's energy per atom (eV), the lowest this level knows for MIL-53(Al)
+NP_RELAXED = Path(__file__).resolve().parents[1] / "tests" / "data" / "mil53_np_relaxed_xtb.extxyz"
+
+
+#: eV/Å: frames above it are not trained on (training.max_label_force's default)
+MAX_LABEL_FORCE = 100.0
+
+
+def training_fit(model: Path, frames: list[Any]) -> dict[str, Any]:
+    """``model``'s errors on ``frames`` (its training data), by origin."""
+    import ase.io
+
+    from hillwalker.engines.nequip.deploy import load_calculator
+
+    relaxed = ase.io.read(NP_RELAXED)
+    floor = float(relaxed.info["relax_energy_eV"]) / len(relaxed)
+    calc = load_calculator(model)
+    groups: dict[str, list[tuple[float, np.ndarray, float]]] = {}
+    for atoms in frames:
+        if np.abs(atoms.get_forces()).max() > MAX_LABEL_FORCE:
+            continue  # left out of training (torn frames), as the campaigns do
+        n = len(atoms)
+        ref = atoms.get_potential_energy() / n
+        copy = atoms.copy()
+        copy.calc = calc
+        error = 1000.0 * (copy.get_potential_energy() / n - ref)
+        forces = 1000.0 * (copy.get_forces() - atoms.get_forces())
+        origin = "generation0" if int(atoms.info.get("generation", 0)) == 0 else "walkers"
+        groups.setdefault(origin, []).append((error, forces, 1000.0 * (ref - floor)))
+    out = {}
+    for origin, rows in groups.items():
+        e = np.array([r[0] for r in rows])
+        above = np.array([r[2] for r in rows])
+        out[origin] = {
+            "n": len(rows),
+            "energy_mean_error_mev_per_atom": round(float(e.mean()), 1),
+            "energy_rmse_mev_per_atom": round(float(np.sqrt(np.mean(e**2))), 1),
+            "force_rmse_mev_per_ang": round(
+                float(np.sqrt(np.mean(np.concatenate([r[1] for r in rows]) ** 2))), 1
+            ),
+            "reference_above_np_min_mev_per_atom": {
+                "min": round(float(above.min()), 1),
+                "mean": round(float(above.mean()), 1),
+                "max": round(float(above.max()), 1),
+            },
+        }
+    return out
+
+
 def diagnose(where: Path, method: str, budget: int, bins: dict[str, Path]) -> dict[str, Any] | None:
     frames = training_frames(where, method, budget)
     model = final_model(where, method, budget)
     if not frames or model is None:
         return None
-    return {"model": str(model), "sampled": sampled(frames), "energy": energy_errors(model, bins)}
+    return {
+        "model": str(model),
+        "sampled": sampled(frames),
+        "energy": energy_errors(model, bins),
+        "training_fit": training_fit(model, frames),
+    }
 
 
 def plot(diagnostics: dict[str, dict[str, Any]], out: Path, title: str) -> None:
