@@ -135,6 +135,7 @@ def test_failed_single_points_are_retried_per_the_ladder_recorded_and_the_campai
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: 191 s (loaded); a diverging training in CI: test_nequip
 @pytest.mark.timeout(1800)  # a 2-generation campaign, run twice
 def test_a_diverged_training_stops_the_run_and_the_fixed_campaign_goes_on(tmp_path):
     """Then, in generation 1, a walker blows up: it is reset, recorded, and the run finishes."""

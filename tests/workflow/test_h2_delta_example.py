@@ -15,6 +15,7 @@ EXAMPLE = Path(__file__).parents[2] / "examples" / "h2-delta" / "run.py"
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: 240 s (loaded); delta in CI: test_train_methods, test_multilevel_campaign
 @pytest.mark.timeout(1800)
 def test_delta_learning_keeps_the_wall_direct_learning_has_no_data_for(tmp_path: Path) -> None:
     out = tmp_path / "h2"

@@ -214,6 +214,7 @@ def counted_site(root: Path, kill_at: int | None = None) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: 325 s (loaded); kill/resume in CI: test_campaign's two generations
 @pytest.mark.timeout(2400)
 def test_kill_during_target_labeling_then_resume(tmp_path: Path) -> None:
     """hierarchical: kill -9 while generation 1's first target single point runs; the resumed
@@ -298,6 +299,7 @@ def three_level_config() -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: 127 s (loaded); three levels in CI: test_train_methods
 @pytest.mark.timeout(1800)
 def test_a_three_level_hierarchical_campaign(tmp_path: Path) -> None:
     """material.intermediates: each level labels the frames of the level above it and more;
