@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ase import units
 from learning_curve_diagnostics import final_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,6 @@ LEVEL = ROOT / "templates" / "mil53-al" / "levels" / "xtb.inp"
 STARTS = {"np": DATA / "mil53_np_relaxed_xtb.extxyz", "lp": DATA / "mil53_lp_relaxed_xtb.extxyz"}
 #: the volume CV and nothing else: no bias, no walls (the MD is the model's alone)
 PLUMED = "v: VOLUME\nPRINT ARG=v STRIDE=10 FILE=COLVAR\n"
-K_B_MEV = 0.08617333262  # meV/K
 
 
 def run_md(
@@ -223,7 +223,7 @@ def main() -> int:
                 "temperature_K": args.temperature,
                 "timestep_fs": 0.5,
                 "labels_per_run": args.labels,
-                "equipartition_mev_per_atom": round(1.5 * K_B_MEV * args.temperature, 1),
+                "equipartition_mev_per_atom": round(1500.0 * units.kB * args.temperature, 1),
                 "runs": out,
             },
             indent=2,
