@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from learning_curve_diagnostics import diagnose
+from learning_curve_diagnostics import diagnose, trained_on
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_SET = ROOT / "tests" / "data" / "mil53_xtb_frames.extxyz"
@@ -202,13 +202,9 @@ def run_scratch(
     # dataset.extxyz is in loop order: generation by generation
     frames = [f for f in read_frames(source) if f.info.get("status") == "done"]
     # frames above training.max_label_force were not trained on by the campaign: not here either
-    limit = config["training"].get("max_label_force", 100.0)
-
-    def trained(batch: list[Any]) -> list[Any]:
-        return [f for f in batch if limit is None or np.abs(f.get_forces()).max() <= limit]
-
+    limit = config["training"].get("max_label_force")
     return [
-        train_and_score(work / method, n, trained(frames[:n]), config, epochs, bins)
+        train_and_score(work / method, n, trained_on(frames[:n], limit), config, epochs, bins)
         for n in budgets
         if n <= len(frames)
     ]

@@ -34,12 +34,14 @@ from typing import Any
 
 import numpy as np
 from ase import units
-from learning_curve_diagnostics import final_model
+from learning_curve_diagnostics import NP_RELAXED, final_model, frame_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 LEVEL = ROOT / "templates" / "mil53-al" / "levels" / "xtb.inp"
-STARTS = {"np": DATA / "mil53_np_relaxed_xtb.extxyz", "lp": DATA / "mil53_lp_relaxed_xtb.extxyz"}
+STARTS = {"np": NP_RELAXED, "lp": DATA / "mil53_lp_relaxed_xtb.extxyz"}
+#: steps between the trajectory frames the MD writes
+TRAJECTORY_STRIDE = 10
 #: the volume CV and nothing else: no bias, no walls (the MD is the model's alone)
 PLUMED = "v: VOLUME\nPRINT ARG=v STRIDE=10 FILE=COLVAR\n"
 
@@ -67,7 +69,7 @@ def run_md(
         max_force=25.0,
         min_distance=0.6,
         max_temperature=3000.0,
-        trajectory_stride=10,
+        trajectory_stride=TRAJECTORY_STRIDE,
         log_stride=100,
     )
     walker = Walker(index=0, generation=0, n_walkers=1, bias_dir=workdir / "bias", bias="none")
@@ -101,7 +103,7 @@ def trajectory(workdir: Path, steps_done: int) -> list[Any]:
 
     with Trajectory(workdir / "trajectory.traj") as traj:
         frames = [a for a in traj]
-    return frames[: steps_done // 10 + 1]
+    return frames[: steps_done // TRAJECTORY_STRIDE + 1]
 
 
 def label_frames(frames: list[Any], workdir: Path) -> list[Any]:
@@ -122,18 +124,10 @@ def label_frames(frames: list[Any], workdir: Path) -> list[Any]:
 def own_md_errors(model: Path, labeled: list[Any], e_start: float) -> dict[str, Any]:
     from hillwalker.engines.nequip.deploy import load_calculator
 
-    calc = load_calculator(model)
-    de, df, excess = [], [], []
-    for atoms in labeled:
-        n = len(atoms)
-        ref_e, ref_f = atoms.get_potential_energy(), atoms.get_forces()
-        copy = atoms.copy()
-        copy.calc = calc
-        de.append(1000.0 * (copy.get_potential_energy() - ref_e) / n)
-        df.append(1000.0 * (copy.get_forces() - ref_f))
-        excess.append(1000.0 * (ref_e / n - e_start))
     if not labeled:
         return {"n_frames": 0}
+    de, df = frame_errors(load_calculator(model), labeled)
+    excess = [1000.0 * (a.get_potential_energy() / len(a) - e_start) for a in labeled]
     forces = np.concatenate(df)
     return {
         "n_frames": len(labeled),

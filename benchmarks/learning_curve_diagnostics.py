@@ -132,12 +132,33 @@ def energy_errors(model: Path, bins: dict[str, Path]) -> dict[str, Any]:
     }
 
 
-#: the xTB-relaxed narrow pore's energy per atom (eV), the lowest this level knows for MIL-53(Al)
+#: the xTB-relaxed narrow pore (its ``relax_energy_eV``: the lowest energy this level knows for
+#: MIL-53(Al))
 NP_RELAXED = Path(__file__).resolve().parents[1] / "tests" / "data" / "mil53_np_relaxed_xtb.extxyz"
 
 
-#: eV/Å: frames above it are not trained on (training.max_label_force's default)
-MAX_LABEL_FORCE = 100.0
+def trained_on(frames: list[Any], limit: float | None = None) -> list[Any]:
+    """The frames a campaign trains on: at most ``limit`` eV/Å (default: campaign.yaml's
+    ``training.max_label_force`` default), as the campaign itself splits them."""
+    from hillwalker.config import Training
+    from hillwalker.engines.dataset import split_by_force
+
+    if limit is None:
+        limit = Training.model_fields["max_label_force"].default
+    return split_by_force(frames, limit)[0]
+
+
+def frame_errors(calc: Any, frames: list[Any]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Per frame: the energy error per atom (meV/atom) and the force errors (meV/Å) of ``calc``
+    against the frames' labels."""
+    energy, forces = [], []
+    for atoms in frames:
+        copy = atoms.copy()
+        copy.calc = calc
+        n = len(atoms)
+        energy.append(1000.0 * (copy.get_potential_energy() - atoms.get_potential_energy()) / n)
+        forces.append(1000.0 * (copy.get_forces() - atoms.get_forces()))
+    return np.array(energy), forces
 
 
 def training_fit(model: Path, frames: list[Any]) -> dict[str, Any]:
@@ -149,28 +170,20 @@ def training_fit(model: Path, frames: list[Any]) -> dict[str, Any]:
     relaxed = ase.io.read(NP_RELAXED)
     floor = float(relaxed.info["relax_energy_eV"]) / len(relaxed)
     calc = load_calculator(model)
-    groups: dict[str, list[tuple[float, np.ndarray, float]]] = {}
-    for atoms in frames:
-        if np.abs(atoms.get_forces()).max() > MAX_LABEL_FORCE:
-            continue  # left out of training (torn frames), as the campaigns do
-        n = len(atoms)
-        ref = atoms.get_potential_energy() / n
-        copy = atoms.copy()
-        copy.calc = calc
-        error = 1000.0 * (copy.get_potential_energy() / n - ref)
-        forces = 1000.0 * (copy.get_forces() - atoms.get_forces())
+    groups: dict[str, list[Any]] = {}
+    for atoms in trained_on(frames):  # torn frames were left out of training
         origin = "generation0" if int(atoms.info.get("generation", 0)) == 0 else "walkers"
-        groups.setdefault(origin, []).append((error, forces, 1000.0 * (ref - floor)))
+        groups.setdefault(origin, []).append(atoms)
     out = {}
-    for origin, rows in groups.items():
-        e = np.array([r[0] for r in rows])
-        above = np.array([r[2] for r in rows])
+    for origin, group in groups.items():
+        e, forces = frame_errors(calc, group)
+        above = np.array([1000.0 * (a.get_potential_energy() / len(a) - floor) for a in group])
         out[origin] = {
-            "n": len(rows),
+            "n": len(group),
             "energy_mean_error_mev_per_atom": round(float(e.mean()), 1),
             "energy_rmse_mev_per_atom": round(float(np.sqrt(np.mean(e**2))), 1),
             "force_rmse_mev_per_ang": round(
-                float(np.sqrt(np.mean(np.concatenate([r[1] for r in rows]) ** 2))), 1
+                float(np.sqrt(np.mean(np.concatenate(forces) ** 2))), 1
             ),
             "reference_above_np_min_mev_per_atom": {
                 "min": round(float(above.min()), 1),
