@@ -121,6 +121,15 @@ def label_frames(frames: list[Any], workdir: Path) -> list[Any]:
     return labeled
 
 
+def labeled_frames(workdir: Path, labels: int) -> list[Any]:
+    """``labels`` frames evenly spaced along the finished run in ``workdir`` (its first frame,
+    the start, left out), labeled at the benchmark level."""
+    steps_done = int(json.loads((workdir / "md.json").read_text())["steps_done"])
+    frames = trajectory(workdir, steps_done)
+    picks = np.unique(np.linspace(0, len(frames) - 1, labels + 1).round().astype(int))[1:]
+    return label_frames([frames[i] for i in picks], workdir)
+
+
 def own_md_errors(model: Path, labeled: list[Any], e_start: float) -> dict[str, Any]:
     from hillwalker.engines.nequip.deploy import load_calculator
 
@@ -147,8 +156,7 @@ def one_run(
     frames = trajectory(workdir, md["steps_done"])
     volumes = np.array([a.get_volume() for a in frames])
     half = volumes[len(volumes) // 2 :]
-    picks = np.unique(np.linspace(0, len(frames) - 1, args.labels + 1).round().astype(int))[1:]
-    labeled = label_frames([frames[i] for i in picks], workdir)
+    labeled = labeled_frames(workdir, args.labels)
     # the relaxed start labeled here too, so that both energies come from this CP2K and level
     reference = label_frames(read_frames(STARTS[start])[:1], workdir.parents[3] / f"start-{start}")
     e_start = reference[0].get_potential_energy() / len(reference[0])
