@@ -130,36 +130,49 @@ def labeled_frames(workdir: Path, labels: int) -> list[Any]:
     return label_frames([frames[i] for i in picks], workdir)
 
 
-def own_md_errors(model: Path, labeled: list[Any], e_start: float) -> dict[str, Any]:
+def model_errors(model: Path, frames: list[Any]) -> dict[str, Any]:
+    """Force RMSE (meV/Å), energy RMSE and mean offset (meV/atom) of ``model`` on ``frames``."""
     from hillwalker.engines.nequip.deploy import load_calculator
 
-    if not labeled:
+    if not frames:
         return {"n_frames": 0}
-    de, df = frame_errors(load_calculator(model), labeled)
-    excess = [1000.0 * (a.get_potential_energy() / len(a) - e_start) for a in labeled]
+    de, df = frame_errors(load_calculator(model), frames)
     forces = np.concatenate(df)
     return {
-        "n_frames": len(labeled),
+        "n_frames": len(frames),
         "force_rmse_mev_per_ang": round(float(np.sqrt(np.mean(forces**2))), 1),
         "energy_rmse_mev_per_atom": round(float(np.sqrt(np.mean(np.square(de)))), 1),
         "energy_offset_mev_per_atom": round(float(np.mean(de)), 1),
-        "excess_energy_mev_per_atom": round(float(np.mean(excess)), 1),
     }
+
+
+def start_energy(md_dir: Path, start: str) -> float:
+    """The relaxed start's reference energy per atom (eV), labeled here too (kept in
+    ``md_dir``'s parent), so that it and the frames' come from one CP2K and level."""
+    from hillwalker.engines.dataset import read_frames
+
+    reference = label_frames(read_frames(STARTS[start])[:1], md_dir.parent / f"start-{start}")
+    return reference[0].get_potential_energy() / len(reference[0])
+
+
+def own_md_errors(model: Path, labeled: list[Any], e_start: float) -> dict[str, Any]:
+    errors = model_errors(model, labeled)
+    if labeled:
+        excess = [1000.0 * (a.get_potential_energy() / len(a) - e_start) for a in labeled]
+        errors["excess_energy_mev_per_atom"] = round(float(np.mean(excess)), 1)
+    return errors
 
 
 def one_run(
     model: Path, start: str, workdir: Path, args: argparse.Namespace, seed: int
 ) -> dict[str, Any]:
-    from hillwalker.engines.dataset import read_frames
 
     md = run_md(model, STARTS[start], workdir, args, seed)
     frames = trajectory(workdir, md["steps_done"])
     volumes = np.array([a.get_volume() for a in frames])
     half = volumes[len(volumes) // 2 :]
     labeled = labeled_frames(workdir, args.labels)
-    # the relaxed start labeled here too, so that both energies come from this CP2K and level
-    reference = label_frames(read_frames(STARTS[start])[:1], workdir.parents[3] / f"start-{start}")
-    e_start = reference[0].get_potential_energy() / len(reference[0])
+    e_start = start_energy(workdir.parents[2], start)
     return {
         **{k: md[k] for k in ("steps", "steps_done", "status", "blow_up", "wall_s")},
         "volume": {

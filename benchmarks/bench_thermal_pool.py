@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 from ase import units
-from bench_md_stability import STARTS, label_frames, labeled_frames
-from learning_curve_diagnostics import final_model, frame_errors
+from bench_md_stability import STARTS, labeled_frames, model_errors, start_energy
+from learning_curve_diagnostics import final_model
 
 
 def pool(md_dir: Path, labels: int) -> list[dict[str, Any]]:
@@ -46,29 +46,6 @@ def pool(md_dir: Path, labels: int) -> list[dict[str, Any]]:
                  "start": workdir.name}
             )  # fmt: skip
     return rows
-
-
-def start_energy(md_dir: Path, start: str) -> float:
-    """The relaxed start's reference energy per atom (eV), labeled by bench_md_stability."""
-    from hillwalker.engines.dataset import read_frames
-
-    reference = label_frames(read_frames(STARTS[start])[:1], md_dir.parent / f"start-{start}")
-    return reference[0].get_potential_energy() / len(reference[0])
-
-
-def scores(model: Path, frames: list[Any]) -> dict[str, Any]:
-    from hillwalker.engines.nequip.deploy import load_calculator
-
-    if not frames:
-        return {"n_frames": 0}
-    de, df = frame_errors(load_calculator(model), frames)
-    forces = np.concatenate(df)
-    return {
-        "n_frames": len(frames),
-        "force_rmse_mev_per_ang": round(float(np.sqrt(np.mean(forces**2))), 1),
-        "energy_rmse_mev_per_atom": round(float(np.sqrt(np.mean(np.square(de)))), 1),
-        "energy_offset_mev_per_atom": round(float(np.mean(de)), 1),
-    }
 
 
 def main() -> int:
@@ -102,7 +79,7 @@ def main() -> int:
                     continue
                 others = [r for r in thermal if r["method"] != method]
                 result = {
-                    start: scores(model, [r["frame"] for r in others if r["start"] == start])
+                    start: model_errors(model, [r["frame"] for r in others if r["start"] == start])
                     for start in STARTS
                 }
                 out.setdefault(method, {}).setdefault(str(budget), {})[str(seed)] = result
