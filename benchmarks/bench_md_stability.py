@@ -166,7 +166,6 @@ def own_md_errors(model: Path, labeled: list[Any], e_start: float) -> dict[str, 
 def one_run(
     model: Path, start: str, workdir: Path, args: argparse.Namespace, seed: int
 ) -> dict[str, Any]:
-
     md = run_md(model, STARTS[start], workdir, args, seed)
     frames = trajectory(workdir, md["steps_done"])
     volumes = np.array([a.get_volume() for a in frames])
