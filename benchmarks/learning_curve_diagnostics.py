@@ -64,15 +64,13 @@ def final_model(where: Path, method: str, budget: int) -> Path | None:
     """The model ``method`` had trained when ``budget`` single points were spent (None for a
     walker campaign not meant to spend that many: its ``stop.max_single_points`` is below)."""
     if method in WALKER_METHODS:
-        import yaml
-
+        from hillwalker.config import load_campaign
         from hillwalker.status import campaign_status
 
         root, spent, last = where / method, 0, None
         if not (root / "campaign.yaml").is_file():
             return None
-        stop = yaml.safe_load((root / "campaign.yaml").read_text()).get("stop") or {}
-        if int(stop.get("max_single_points") or 0) < budget:
+        if (load_campaign(root).stop.max_single_points or 0) < budget:
             return None
         for g in campaign_status(root)["generations"]:
             spent += g["single_points_done"] + g["single_points_failed"]
