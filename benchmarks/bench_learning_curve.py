@@ -13,7 +13,11 @@ Methods (all at the main job's level, GFN1-xTB in CP2K, and its NequIP template)
 - ``oracle``: the same model trained on N frames drawn from the test set's own distribution
   (a second pool made like the test set with other seeds, grown by whole draws of 48 frames);
 - ``shared+scratch`` (any walker method + ``+scratch``): that campaign's first N labeled frames
-  trained once from scratch like ``random``: separates what the loop samples from how it trains.
+  trained once from scratch like ``random``: separates what the loop samples from how it trains;
+- ``shared+jitter`` (any walker method + ``+jitter``): the same N single points, but every other
+  walker frame is replaced by a perturbed copy (generation 0's σ and strain) of the walker frame
+  before it, labeled at the level; trained from scratch like ``+scratch``, its counterpart at equal
+  budget: do strained copies of the walkers' configurations buy what the walkers miss?
 
 The test set (tests/data/mil53_xtb_frames.extxyz, 48 frames, made by
 tests/data/make_mil53_frames.py) is never trained on. It is scored as a whole and in bins:
@@ -210,6 +214,56 @@ def run_scratch(
     ]
 
 
+def run_jitter(
+    work: Path,
+    method: str,
+    config: dict[str, Any],
+    budgets: list[int],
+    epochs: int,
+    bins: dict[str, Path],
+) -> list[dict[str, Any]]:
+    """``<walker method>+jitter``: that campaign's first N labeled frames with generation 0 as it
+    is and, of its walker frames, every other one replaced by a perturbed copy of the one before
+    (in the order labeled: 2 of each generation's 4 walkers keep their frame, each gives a
+    copy); the copies labeled here, once (``<work>/<method>/labels``); trained from scratch."""
+    from hillwalker.engines.cp2k import Level, single_point
+    from hillwalker.engines.dataset import read_frames
+    from hillwalker.engines.perturb import perturb
+
+    walker_method = method.split("+")[0]
+    source = work / walker_method / "dataset.extxyz"
+    if not source.is_file():
+        raise SystemExit(f"{method}: run {walker_method} first ({source} is missing)")
+    frames = [f for f in read_frames(source) if f.info.get("status") == "done"]
+    level = Level.from_file(work / walker_method / config["material"]["level"])
+    g0 = config["generation0"]
+    limit = config["training"].get("max_label_force")
+    points = []
+    for n in (b for b in budgets if b <= len(frames)):
+        mixed = []
+        for k, frame in enumerate(frames[:n]):
+            walker_index = k - g0["frames"]
+            if walker_index < 0 or walker_index % 2 == 0:
+                mixed.append(frame)
+                continue
+            kept = frames[k - 1]
+            (copy,) = perturb(
+                kept, 1, position_sigma=g0["position_sigma"], strain=g0["cell_strain"],
+                seed=1000 * int(config.get("seed", 0)) + k,
+            )  # fmt: skip
+            result = single_point(copy, level, work / method / "labels" / f"{k:03d}", timeout=600)
+            if result.status == "done":
+                atoms = result.to_atoms(copy, level="xtb", generation=kept.info.get("generation", 0),
+                                        task_id=f"jitter-{k}")  # fmt: skip
+                mixed.append(atoms)
+            else:
+                print(f"{method}: copy of frame {k} failed to label, left out", file=sys.stderr)
+        points.append(
+            train_and_score(work / method, n, trained_on(mixed, limit), config, epochs, bins)
+        )
+    return points
+
+
 def train_and_score(
     where: Path,
     n: int,
@@ -360,7 +414,7 @@ def main() -> int:
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     for method in methods:
         known = method in (*WALKER_METHODS, "random", "oracle") or (
-            method.endswith("+scratch") and method.split("+")[0] in WALKER_METHODS
+            method.endswith(("+scratch", "+jitter")) and method.split("+")[0] in WALKER_METHODS
         )
         if not known:
             parser.error(f"unknown method {method!r}")
@@ -406,6 +460,8 @@ def main() -> int:
                 curves[method] = run_random(where, config, budgets, epochs, bins)
             elif method == "oracle":
                 curves[method] = run_oracle(where, config, budgets, epochs, bins)
+            elif method.endswith("+jitter"):
+                curves[method] = run_jitter(where, method, config, budgets, epochs, bins)
             else:
                 curves[method] = run_scratch(where, method, config, budgets, epochs, bins)
             seconds[f"{method} seed {seed}"] = round(time.perf_counter() - started, 1)
