@@ -187,6 +187,17 @@ def run_oracle(
     return [train_and_score(work / "oracle", n, pool[:n], config, epochs, bins) for n in budgets]
 
 
+def campaign_frames(work: Path, method: str) -> list[Any]:
+    """The labeled frames of the walker campaign ``method`` (``shared+scratch``: ``shared``)
+    builds on, in loop order (generation by generation), failed single points left out."""
+    from hillwalker.engines.dataset import read_frames
+
+    source = work / method.split("+")[0] / "dataset.extxyz"
+    if not source.is_file():
+        raise SystemExit(f"{method}: run {method.split('+')[0]} first ({source} is missing)")
+    return [f for f in read_frames(source) if f.info.get("status") == "done"]
+
+
 def run_scratch(
     work: Path,
     method: str,
@@ -198,13 +209,7 @@ def run_scratch(
     """``<walker method>+scratch``: the frames that walker campaign labeled up to each budget
     (in the order it labeled them), trained once from scratch like ``random``: tells whether
     the loop's warm-started training, not its frames, is what holds its error up."""
-    from hillwalker.engines.dataset import read_frames
-
-    source = work / method.split("+")[0] / "dataset.extxyz"
-    if not source.is_file():
-        raise SystemExit(f"{method}: run {method.split('+')[0]} first ({source} is missing)")
-    # dataset.extxyz is in loop order: generation by generation
-    frames = [f for f in read_frames(source) if f.info.get("status") == "done"]
+    frames = campaign_frames(work, method)
     # frames above training.max_label_force were not trained on by the campaign: not here either
     limit = config["training"].get("max_label_force")
     return [
@@ -225,16 +230,12 @@ def run_jitter(
     """``<walker method>+jitter``: that campaign's first N labeled frames with generation 0 as it
     is and, of its walker frames, every other one replaced by a perturbed copy of the one before
     (in the order labeled: 2 of each generation's 4 walkers keep their frame, each gives a
-    copy); the copies labeled here, once (``<work>/<method>/labels``); trained from scratch."""
+    copy); the copies labeled in ``<work>/<method>/labels``; trained from scratch."""
     from hillwalker.engines.cp2k import Level, single_point
-    from hillwalker.engines.dataset import read_frames
     from hillwalker.engines.perturb import perturb
 
     walker_method = method.split("+")[0]
-    source = work / walker_method / "dataset.extxyz"
-    if not source.is_file():
-        raise SystemExit(f"{method}: run {walker_method} first ({source} is missing)")
-    frames = [f for f in read_frames(source) if f.info.get("status") == "done"]
+    frames = campaign_frames(work, method)
     level = Level.from_file(work / walker_method / config["material"]["level"])
     g0 = config["generation0"]
     limit = config["training"].get("max_label_force")
