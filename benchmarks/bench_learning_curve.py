@@ -230,8 +230,10 @@ def run_jitter(
     """``<walker method>+jitter``: that campaign's first N labeled frames with generation 0 as it
     is and, of its walker frames, every other one replaced by a perturbed copy of the one before
     (in the order labeled: 2 of each generation's 4 walkers keep their frame, each gives a
-    copy); the copies labeled in ``<work>/<method>/labels``; trained from scratch."""
+    copy); each copy labeled once and kept in ``<work>/<method>/copies.extxyz`` (a rerun or a
+    larger budget reuses it, failed labels included); trained from scratch."""
     from hillwalker.engines.cp2k import Level, single_point
+    from hillwalker.engines.dataset import append_frames, read_frames
     from hillwalker.engines.perturb import perturb
 
     walker_method = method.split("+")[0]
@@ -239,28 +241,35 @@ def run_jitter(
     level = Level.from_file(work / walker_method / config["material"]["level"])
     g0 = config["generation0"]
     limit = config["training"].get("max_label_force")
-    points = []
-    for n in (b for b in budgets if b <= len(frames)):
-        mixed = []
-        for k, frame in enumerate(frames[:n]):
-            walker_index = k - g0["frames"]
-            if walker_index < 0 or walker_index % 2 == 0:
-                mixed.append(frame)
-                continue
+    store = work / method / "copies.extxyz"
+    copies = {f.info["task_id"]: f for f in (read_frames(store) if store.is_file() else [])}
+
+    def copy_of(k: int) -> Any:
+        """The labeled perturbed copy of walker frame k − 1 (labeled now if not yet)."""
+        if f"jitter-{k}" not in copies:
             kept = frames[k - 1]
             (copy,) = perturb(
                 kept, 1, position_sigma=g0["position_sigma"], strain=g0["cell_strain"],
                 seed=1000 * int(config.get("seed", 0)) + k,
             )  # fmt: skip
             result = single_point(copy, level, work / method / "labels" / f"{k:03d}", timeout=600)
-            if result.status == "done":
-                atoms = result.to_atoms(copy, level="xtb", generation=kept.info.get("generation", 0),
-                                        task_id=f"jitter-{k}")  # fmt: skip
-                mixed.append(atoms)
-            else:
+            atoms = result.to_atoms(copy, level="xtb", generation=kept.info.get("generation", 0),
+                                    task_id=f"jitter-{k}")  # fmt: skip
+            append_frames(store, [atoms])
+            copies[f"jitter-{k}"] = atoms
+            if result.status != "done":
                 print(f"{method}: copy of frame {k} failed to label, left out", file=sys.stderr)
+        return copies[f"jitter-{k}"]
+
+    points = []
+    for n in (b for b in budgets if b <= len(frames)):
+        mixed = [
+            frame if k < g0["frames"] or (k - g0["frames"]) % 2 == 0 else copy_of(k)
+            for k, frame in enumerate(frames[:n])
+        ]
+        labeled = [f for f in mixed if f.info.get("status") == "done"]
         points.append(
-            train_and_score(work / method, n, trained_on(mixed, limit), config, epochs, bins)
+            train_and_score(work / method, n, trained_on(labeled, limit), config, epochs, bins)
         )
     return points
 
