@@ -38,6 +38,15 @@ Safety
     the start passes, the walker goes to ``last_safe`` (given by the caller, e.g. the previous
     generation's state), else stays at its start. Hills deposited before the blow-up stay.
 
+Bonds kept
+    Given a :class:`~hillwalker.engines.geometry.BondGraph` (``bonds``: the covalent bonds of the
+    material's start structure), the distance check also stops the segment when one of those
+    bonds breaks or a new one forms (:func:`~hillwalker.engines.geometry.bond_change`): a
+    framework coming apart under the model is a model failure like a blow-up. The walker goes
+    back to its last intact state, the broken configuration is the frame worth labeling, and a
+    walker whose start is already broken (and ``last_safe`` too) goes back to the bond
+    reference itself: no walker keeps sampling a decomposed structure.
+
 Units: ASE's inside (Å, eV, eV/Å³, ASE time); ``temperature`` K, ``pressure`` GPa (converted to
 eV/Å³ with ``ase.units.GPa``), times in fs (converted with ``ase.units.fs``). CV values in
 ``info["cv"]`` are in PLUMED units (e.g. a ``VOLUME`` in nm³), the bias in ``info["bias"]`` eV.
@@ -65,7 +74,7 @@ from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from hillwalker.engines.dataset import STATUS_BLOWN_UP, STATUS_DONE
 from hillwalker.engines.files import atomic_open, atomic_write_json, atomic_write_text
-from hillwalker.engines.geometry import geometry_problem, too_close
+from hillwalker.engines.geometry import BondGraph, bond_change, geometry_problem, too_close
 from hillwalker.engines.hills_ledger import LedgerEntry, WalkerError, close_segment, open_segment
 from hillwalker.engines.plumed import (
     BIAS_MODES,
@@ -235,6 +244,7 @@ def run_segment(
     seed: int,
     last_safe: Atoms | None = None,
     model: str | None = None,
+    bonds: BondGraph | None = None,
 ) -> WalkerSegment:
     """Run one MD segment of one walker with the PLUMED bias; see the module docstring.
 
@@ -244,7 +254,7 @@ def run_segment(
     at the end of the walker's last recorded segment if that is later.
     ``plumed_input``: a path, or the input text itself (PLUMED units). ``seed`` seeds the
     thermostat noise and any momenta drawn. ``model`` (e.g. the model file) goes into
-    ``final.info["model"]``.
+    ``final.info["model"]``. ``bonds``: the covalent bonds the walker keeps (see Bonds kept).
     """
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -262,7 +272,9 @@ def run_segment(
         biased.istep = start_step
         outputs = _Outputs.open(stack, workdir, settings)
         cv_names = _cv_names(lines)
-        run = _run_md(begin.atoms, biased, settings, rng, start_step, outputs, cv_names, last_safe)
+        run = _run_md(
+            begin.atoms, biased, settings, rng, start_step, outputs, cv_names, last_safe, bonds
+        )
         events.extend(run.events)
         _finalize(biased)  # flush HILLS and COLVAR before the segment is recorded as done
         return _finish(run, events, workdir, walker, ledger, begin, start_step, colvar, model)
@@ -500,6 +512,7 @@ def _run_md(
     outputs: _Outputs,
     cv_names: list[str],
     last_safe: Atoms | None,
+    bonds: BondGraph | None = None,
 ) -> _Run:
     cv_memory = _cv_memory(biased, cv_names)
     dyn = _make_integrator(atoms, settings, rng)
@@ -521,6 +534,8 @@ def _run_md(
             last = done == settings.steps
             if reason is None and (done % settings.check_stride == 0 or last):
                 reason = too_close(atoms, settings.min_distance)
+                if reason is None and bonds is not None:
+                    reason = bond_change(atoms, bonds)
                 if reason is None:
                     safe = _state_copy(atoms, biased, cv_memory)
             if reason is not None:
@@ -539,7 +554,7 @@ def _run_md(
     event: dict[str, Any] = {"step": step, "kind": "blow_up", "reason": reason}
     failed = _sane_copy(atoms, step, settings.min_distance)
     event["failed_frame"] = failed is not None
-    safe = _reset_state(event, safe, last_safe, start_state, settings, rng)
+    safe = _reset_state(event, safe, last_safe, start_state, settings, rng, bonds)
     outputs.log.write(f"# blow-up at step {step}: {reason}\n")
     return _Run(STATUS_BLOWN_UP, step, safe, [event], bias_start, failed)
 
@@ -566,9 +581,19 @@ def _reset_state(
     start_state: Atoms,
     settings: WalkerSettings,
     rng: np.random.Generator,
+    bonds: BondGraph | None = None,
 ) -> Atoms:
     """Where a blown-up walker goes back to (said in ``event``), with fresh momenta."""
-    if safe is None and last_safe is not None:
+    if (
+        safe is None
+        and bonds is not None
+        and (last_safe is None or bond_change(last_safe, bonds) is not None)
+    ):
+        # the start and the last safe state are broken: the intact reference itself
+        safe = bonds.reference.copy()
+        safe.info = {"step": start_state.info["step"]}
+        event["reset_to"] = "bond_reference"
+    elif safe is None and last_safe is not None:
         safe = last_safe.copy()
         safe.info = dict(last_safe.info)
         event["reset_to"] = "last_safe"

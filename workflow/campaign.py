@@ -710,6 +710,7 @@ class CampaignRun:
         w = part.cfg.walkers
         start = self._start_of(g, i)
         walker_settings = settings.walker_settings(part.cfg)
+        bonds_of = self._start_structure_file(part) if part.cfg.safety.keep_bonds else None
         seed = self.cfg.seed * 1000 + g * 100 + k
         deployed = self._deployed(model)
         plumed = self.dir.root / part.cfg.plumed_file
@@ -725,6 +726,8 @@ class CampaignRun:
             w.count,
             file_digest(plumed),
             *(() if part.name is None else (part.name,)),
+            # only when set: the keys of campaigns that do not keep bonds stay as they were
+            *(("keep_bonds", file_digest(bonds_of)) if bonds_of else ()),
         )
         self._walker_keys[(g, i)] = (key, start)
         record = self.dir.record("walker", key)
@@ -746,6 +749,7 @@ class CampaignRun:
             seed=seed,
             last_safe=str(start),
             threads=self.ex.threads("md"),
+            bonds_of=str(bonds_of) if bonds_of else None,
         )
 
     def _record_walker(self, g: int, i: int, fut: cf.Future[Any]) -> WalkerSegment:

@@ -280,6 +280,14 @@ class Safety(_Model):
     max_temperature: float = Field(
         3000.0, gt=0, description="Stop a segment above this instantaneous temperature, K."
     )
+    keep_bonds: bool = Field(
+        False,
+        description="Stop a segment when a covalent bond of the material's start structure breaks "
+        "(stretched past 1.5x the covalent radii) or a new one forms (closer than 1.2x; between "
+        "non-metals, or a metal and H or C): the broken configuration is labeled and the walker "
+        "goes back to its last intact state. For frameworks and molecular crystals; not for "
+        "melts, liquids or reactions.",
+    )
 
 
 class Labeling(_Model):

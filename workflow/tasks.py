@@ -183,11 +183,14 @@ def explore(
     seed: int,
     last_safe: str | None,
     threads: int = 1,
+    bonds_of: str | None = None,
 ) -> Timed[WalkerSegment]:
     """One walker's MD segment with the current model (or potential: the sum of its parts, an
-    in-process baseline level included) and the (shared) bias."""
+    in-process baseline level included) and the (shared) bias; ``bonds_of``: the structure file
+    whose covalent bonds the walker keeps."""
     import ase.io
 
+    from hillwalker.engines.geometry import bond_graph
     from hillwalker.engines.potentials import load_potential
     from hillwalker.engines.walkers import run_segment
 
@@ -204,6 +207,7 @@ def explore(
         seed=seed,
         last_safe=safe if isinstance(safe, Atoms) else None,
         model=model,
+        bonds=bond_graph(ase.io.read(bonds_of, index=0)) if bonds_of else None,
     )
     return clock.done(segment)
 

@@ -19,6 +19,7 @@ import yaml
 
 from hillwalker.campaign import CampaignError, goes_on
 from hillwalker.engines.dataset import labels, largest_force, read_frames, write_frames
+from hillwalker.engines.geometry import bond_change, bond_graph
 from hillwalker.engines.plumed import bias_from_hills, read_hills
 from hillwalker.execution import machine_cores
 from hillwalker.material_templates import new_from_template
@@ -128,6 +129,7 @@ def test_two_generations_end_to_end(tmp_path):
         walkers={"count": 3},
         stop={"generations": 3, "coverage_generations": 1, "coverage_tolerance": 1e9},
         evaluation={"test_sets": {"np-lp": "test.extxyz"}},
+        safety={"keep_bonds": True},
     )
     test_set = with_test_set(root)
     plumed = (root / "plumed.dat").read_text()
@@ -182,6 +184,14 @@ def test_two_generations_end_to_end(tmp_path):
     assert set(map(tuple, h1.centers.reshape(len(h1.heights), -1).round(8))) <= set(
         map(tuple, h2.centers.reshape(len(h2.heights), -1).round(8))
     )
+
+    # safety.keep_bonds: each walker's MD was checked against the start structure's covalent
+    # bonds, and every state a walker goes on from keeps them
+    graph = bond_graph(ase.io.read(root / ".hillwalker/start.extxyz"))
+    assert len(graph.bonds) == 34
+    for g in (1, 2):
+        for state in json.loads((root / f"generations/00{g}/walkers.json").read_text()).values():
+            assert bond_change(ase.io.read(state, index=-1), graph) is None, (g, state)
 
     # every walker deposits into the one bias: no hill lost or duplicated by the kill. A
     # segment that ran to its end deposited at every step divisible by PACE (20) after its first
