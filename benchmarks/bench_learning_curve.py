@@ -435,6 +435,8 @@ def main() -> int:
             parser.error(f"{flag} {item!r}: expected {form}")
         return key.strip(), yaml.safe_load(value)
 
+    from hillwalker.config import Campaign
+
     overrides = dict(key_value("--train-override", i, "KEY=VALUE") for i in args.train_override)
     settings: dict[str, dict[str, Any]] = {}
     sections = base_config(args.quick)
@@ -443,8 +445,8 @@ def main() -> int:
         section, _, name = key.partition(".")
         if not name:
             parser.error(f"--set {item!r}: expected SECTION.KEY=VALUE")
-        if not isinstance(sections.get(section), dict):
-            parser.error(f"--set {item!r}: no section {section!r} in the main job's campaign.yaml")
+        if section not in Campaign.model_fields or not isinstance(sections.get(section, {}), dict):
+            parser.error(f"--set {item!r}: no section {section!r} in campaign.yaml")
         settings.setdefault(section, {})[name] = value
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -458,7 +460,7 @@ def main() -> int:
         config = base_config(args.quick) | {"seed": seed}
         config["training"].setdefault("overrides", {}).update(overrides)
         for section, values in settings.items():
-            config[section].update(values)
+            config.setdefault(section, {}).update(values)
         where = work if seed == 0 else work / f"seed-{seed}"
         where.mkdir(exist_ok=True)
         curves = by_seed[seed] = {}
