@@ -311,6 +311,16 @@ def _check_structure(
     report.structure_summary = (
         f"{path.name}: {len(atoms)} atoms, {atoms.get_chemical_formula(mode='hill')}{cell}"
     )
+    if campaign is not None and campaign.safety.keep_bonds:
+        from hillwalker.engines.geometry import bond_graph
+
+        kept = len(bond_graph(atoms).bonds)
+        report.structure_summary += f", {kept} covalent bonds kept"
+        if not kept:
+            report.warnings.append(
+                f"{path}: no covalent bond between non-metals to keep "
+                "(safety.keep_bonds in campaign.yaml checks nothing here)"
+            )
     return atoms
 
 

@@ -15,7 +15,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import ase.io
 import pytest
+from ase.build import bulk
 from typer.testing import CliRunner
 
 from hillwalker.cli import app
@@ -70,6 +72,8 @@ def test_mil53_validates_and_prints_the_start_volume(tmp_path: Path) -> None:
     code, out = _validate(campaign)
     assert code == 0, out
     assert "38 atoms" in out
+    # safety.keep_bonds (on in the template): per Al(OH)(BDC) 4 C-O, 8 C-C, 4 C-H, 1 O-H
+    assert "34 covalent bonds kept" in out
     # PLUMED's VOLUME in nm³, converted: CoRE MOF SABWAU_SL is 473.37 Å³
     match = re.search(r"CV v\s+([\d.]+) nm³ = ([\d.]+) Å³", out)
     assert match, out
@@ -95,6 +99,16 @@ def test_alanine_validates_and_prints_the_torsions(tmp_path: Path) -> None:
     # the C7eq conformer of structure.xyz (ase's own dihedral gives -82.5° and 77.0°)
     assert float(phi.group(2)) == pytest.approx(-82.5, abs=0.2)
     assert float(psi.group(2)) == pytest.approx(77.0, abs=0.2)
+    # a tree of 22 atoms: 21 bonds, all kept
+    assert "21 covalent bonds kept" in out
+
+
+def test_keep_bonds_on_a_structure_without_covalent_bonds_is_a_warning(tmp_path: Path) -> None:
+    campaign = _new(tmp_path, "mil53-al")
+    ase.io.write(campaign / "structure.cif", bulk("Al", "fcc", a=4.05, cubic=True))
+    _, out = _validate(campaign)
+    assert "no covalent bond between non-metals to keep" in out, out
+    assert "0 covalent bonds kept" in out
 
 
 # --- comment / blank-line / continuation variants that PLUMED input allows ---------------------
