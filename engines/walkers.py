@@ -584,13 +584,15 @@ def _reset_state(
     bonds: BondGraph | None = None,
 ) -> Atoms:
     """Where a blown-up walker goes back to (said in ``event``), with fresh momenta."""
-    if (
-        safe is None
-        and bonds is not None
-        and (last_safe is None or bond_change(last_safe, bonds) is not None)
-    ):
-        # the start and the last safe state are broken: the intact reference itself
-        safe = bonds.reference.copy()
+
+    def broken(atoms: Atoms) -> bool:
+        return bonds is not None and bond_change(atoms, bonds) is not None
+
+    if safe is None and last_safe is not None and broken(last_safe):
+        last_safe = None  # not a state to go back to
+    if safe is None and last_safe is None and broken(start_state):
+        # the start (and any last safe state) is broken: the intact reference itself
+        safe = bonds.reference.copy() if bonds is not None else start_state
         safe.info = {"step": start_state.info["step"]}
         event["reset_to"] = "bond_reference"
     elif safe is None and last_safe is not None:

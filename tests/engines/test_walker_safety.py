@@ -114,3 +114,19 @@ def test_a_walker_whose_start_is_broken_goes_back_to_the_bond_reference(tmp_path
     assert event["reset_to"] == "bond_reference"
     np.testing.assert_allclose(segment.final.positions, carbon_trimer().positions)
     assert segment.final.get_momenta().any()  # fresh momenta at the temperature
+
+
+def test_a_walker_whose_intact_start_fails_another_check_stays_at_its_start(
+    tmp_path: Path,
+) -> None:
+    start = carbon_trimer()
+    start.positions[2] += [0.05, 0.0, 0.0]  # intact, but not the reference
+    segment = run_segment(
+        start, LennardJones(sigma=1.247, epsilon=0.1, rc=6.0), PULL_APART, tmp_path / "w",
+        Walker(0, 1, 1, tmp_path / "bias"), lj_settings(max_force=1e-6),
+        seed=3, bonds=bond_graph(carbon_trimer()),
+    )  # fmt: skip
+    (event,) = segment.events
+    assert event["step"] == 0 and event["reason"].startswith("force ")
+    assert event["reset_to"] == "start"
+    np.testing.assert_allclose(segment.final.positions, start.positions)
