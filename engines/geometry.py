@@ -121,7 +121,6 @@ class BondGraph:
 
     #: the reference structure (a copy)
     reference: Atoms
-    numbers: np.ndarray
     bonds: np.ndarray  # (n, 2) int
     #: pairs of the reference closer than BREAK_FACTOR x their radii sum (never "formed")
     near: frozenset[tuple[int, int]]
@@ -139,7 +138,6 @@ def bond_graph(reference: Atoms) -> BondGraph:
     keep = covalent & (d < BOND_FACTOR * limit) if len(d) else np.zeros(0, bool)
     return BondGraph(
         reference=reference.copy(),
-        numbers=reference.numbers.copy(),
         bonds=np.stack([i[keep], j[keep]], axis=1) if len(d) else np.zeros((0, 2), int),
         near=frozenset(zip(i.tolist(), j.tolist(), strict=True)),
     )
@@ -147,7 +145,8 @@ def bond_graph(reference: Atoms) -> BondGraph:
 
 def bond_change(atoms: Atoms, graph: BondGraph) -> str | None:
     """The first covalent bond of ``graph`` broken, or new one formed, in ``atoms``; else None."""
-    if len(atoms) != len(graph.numbers) or np.any(atoms.numbers != graph.numbers):
+    numbers = graph.reference.numbers
+    if len(atoms) != len(numbers) or np.any(atoms.numbers != numbers):
         return "its atoms are not the bond reference's atoms in the same order"
     radii = covalent_radii[atoms.numbers]
     if len(graph.bonds):

@@ -590,9 +590,9 @@ def _reset_state(
 
     if safe is None and last_safe is not None and broken(last_safe):
         last_safe = None  # not a state to go back to
-    if safe is None and last_safe is None and broken(start_state):
+    if safe is None and last_safe is None and bonds is not None and broken(start_state):
         # the start (and any last safe state) is broken: the intact reference itself
-        safe = bonds.reference.copy() if bonds is not None else start_state
+        safe = bonds.reference.copy()
         safe.info = {"step": start_state.info["step"]}
         event["reset_to"] = "bond_reference"
     elif safe is None and last_safe is not None:
