@@ -93,8 +93,15 @@ def _phase_interrupted(root: Path, seen: dict[str, Any], log: Path) -> None:
         while not (root / ".hillwalker/tasks/single_point").is_dir():
             assert proc.poll() is None and time.monotonic() - started < 900, log.read_text()
             time.sleep(0.2)
-        seen["second_run"] = hw("run", str(root), timeout=300)
-        seen["status_running"] = status(root)
+        # the first run is held (SIGSTOP to its main process: alive, holding the campaign) while
+        # the second starts and is refused: on a loaded machine the second's start-up alone
+        # (imports) outlasted the whole first run once, and it was not refused
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            seen["second_run"] = hw("run", str(root), timeout=300)
+            seen["status_running"] = status(root)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
         while not _walkers_started(root):
             assert proc.poll() is None and time.monotonic() - started < 1500, log.read_text()
             time.sleep(0.05)
