@@ -123,20 +123,30 @@ def mil53_model(tmp_path_factory: pytest.TempPathFactory, mil53_frames_path: Pat
     25 epochs. Good enough for a 38-atom NPT MD at 300 K (200 steps of 1 fs) to stay physical.
     ``model.package`` (.nequip.zip), ``model.compiled`` (.nequip.pt2, CPU), ``model.metrics``.
     """
+    from filelock import FileLock
+
     from hillwalker.engines.dataset import write_frames
     from hillwalker.engines.nequip import train
 
-    root = tmp_path_factory.mktemp("mil53_model")
-    train_frames, _ = _mil53_split(mil53_frames_path)
-    data = root / "mil53_train.extxyz"
-    write_frames(data, train_frames)
-    return train(
-        data,
-        root / "model",
-        settings=mil53_test_settings(),
-        device="cpu",
-        threads=NEQUIP_TEST_THREADS,
-    )
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # test processes side by side (pytest-xdist): the first to get here trains it in the
+        # run's own directory (above each process's basetemp); the others wait, then find it
+        # finished (train() returns a finished model instead of training again)
+        root = tmp_path_factory.getbasetemp().parent / "mil53_model"
+    else:
+        root = tmp_path_factory.mktemp("mil53_model")
+    root.mkdir(exist_ok=True)
+    with FileLock(str(root) + ".lock"):
+        train_frames, _ = _mil53_split(mil53_frames_path)
+        data = root / "mil53_train.extxyz"
+        write_frames(data, train_frames)
+        return train(
+            data,
+            root / "model",
+            settings=mil53_test_settings(),
+            device="cpu",
+            threads=NEQUIP_TEST_THREADS,
+        )
 
 
 def mil53_test_settings(**changes: object) -> TrainSettings:

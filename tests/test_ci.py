@@ -14,7 +14,7 @@ def _pytest(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     # PATH without the SLURM and munge programs: the local cluster cannot start
     environ = {**os.environ, "PATH": str(Path(sys.executable).parent), **env}
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args],
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-n", "0", *args],
         cwd=ROOT,
         env=environ,
         capture_output=True,
