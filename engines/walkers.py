@@ -588,23 +588,24 @@ def _reset_state(
     def broken(atoms: Atoms) -> bool:
         return bonds is not None and bond_change(atoms, bonds) is not None
 
-    if safe is None and last_safe is not None and broken(last_safe):
-        last_safe = None  # not a state to go back to
-    if safe is None and last_safe is None and bonds is not None and broken(start_state):
-        # the start (and any last safe state) is broken: the intact reference itself
-        safe = bonds.reference.copy()
-        safe.info = {"step": start_state.info["step"]}
-        event["reset_to"] = "bond_reference"
-    elif safe is None and last_safe is not None:
-        safe = last_safe.copy()
-        safe.info = dict(last_safe.info)
-        event["reset_to"] = "last_safe"
-    elif safe is None:
-        # not even the start passed the checks, and no earlier safe state was given
-        safe = start_state
-        event["reset_to"] = "start"
-    else:
+    if safe is not None:
         event["reset_to_step"] = int(safe.info.get("step", start_state.info["step"]))
+    else:
+        if last_safe is not None and broken(last_safe):
+            last_safe = None  # not a state to go back to
+        if last_safe is None and bonds is not None and broken(start_state):
+            # the start (and any last safe state) is broken: the intact reference itself
+            safe = bonds.reference.copy()
+            safe.info = {"step": start_state.info["step"]}
+            event["reset_to"] = "bond_reference"
+        elif last_safe is not None:
+            safe = last_safe.copy()
+            safe.info = dict(last_safe.info)
+            event["reset_to"] = "last_safe"
+        else:
+            # not even the start passed the checks, and no earlier safe state was given
+            safe = start_state
+            event["reset_to"] = "start"
     # the safe state's own momenta may already lead back into the blow-up
     thermalize_momenta(safe, temperature_K=settings.temperature, rng=rng)
     Stationary(safe)
