@@ -92,6 +92,10 @@ def compile_models(cfg: Campaign, parallel: int | None = None) -> bool:
     return bool(choice)
 
 
-def train_settings(template: Path, changes: dict[str, Any]) -> TrainSettings:
-    """The template's knobs with the campaign's changes on top."""
-    return TrainSettings.from_template(template, **changes)
+def train_settings(template: Path, changes: dict[str, Any], cfg: Campaign) -> TrainSettings:
+    """The template's knobs with the campaign's changes on top. The validation frames are
+    picked with the campaign's seed, not the generation's: each generation's validation set
+    holds the previous one's, so its error is comparable and a warm-started model is never
+    validated on frames it trained on. (Not part of ``changes``: a generation's task key, and
+    so a campaign resumed from before this choice, stays as it was.)"""
+    return TrainSettings.from_template(template, **{"split_seed": cfg.seed, **changes})

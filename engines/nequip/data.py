@@ -151,11 +151,10 @@ def split(
     for g in sorted(groups):
         members = groups[g]
         seen += len(members)
-        wanted = max(0, round(validation_fraction * seen) - len(val))
+        # the first group gives at least one, whatever the fraction: the same one each time
+        wanted = max(0 if val else 1, round(validation_fraction * seen) - len(val))
         members = sorted(members, key=lambda i: _uniform(frames[i], seed))
         val.update(members[: min(wanted, len(members))])
-    if not val:
-        val.add(min(range(len(frames)), key=lambda i: _uniform(frames[i], seed)))
     if len(val) == len(frames) and len(frames) > 1:
         val.remove(max(val, key=lambda i: _uniform(frames[i], seed)))
     train_frames = [f for i, f in enumerate(frames) if i not in val]

@@ -485,7 +485,7 @@ def _levels(
     for index, name in enumerate(order):
         offsets = {s: references[name][s] - shifts[s] for s in references[name]}
         frames = [_shifted(f, offsets, name, stress) for f in datasets[name]]
-        train, val = split(frames, settings.validation_fraction, settings.seed)
+        train, val = split(frames, settings.validation_fraction, settings.validation_seed)
         levels.append(Level(name, index, train, val, references[name], offsets))
     return levels, shifts, stress
 

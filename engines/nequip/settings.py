@@ -52,11 +52,19 @@ class TrainSettings:
     accelerator: str = "auto"
     # share of the frames held out for validation (and the checkpoint choice); at least one
     validation_fraction: float = 0.1
+    # the hash seed of the train/validation split (None: seed). A campaign keeps it fixed while
+    # seed changes each generation, so each generation's validation set holds the previous one's
+    split_seed: int | None = None
     # which checkpoint becomes the deployed model: lowest validation force RMSE, or the last
     checkpoint: str = "best"
     # transfer learning: the type embedding and the first this many interaction layers keep the
     # weights they start with (surgery.frozen_layers); 0: everything trains
     frozen_layers: int = 0
+
+    @property
+    def validation_seed(self) -> int:
+        """The seed that picks the validation frames (data.split)."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     @classmethod
     def from_template(cls, template: Path | None = None, **changes: Any) -> TrainSettings:

@@ -185,7 +185,7 @@ def _plan(
         # still teach energies and forces
         frames = [with_nan_stress(f) for f in frames]
     shifts = energy_shifts(frames, species, isolated, paths)
-    train_frames, val_frames = split(frames, settings.validation_fraction, settings.seed)
+    train_frames, val_frames = split(frames, settings.validation_fraction, settings.validation_seed)
     train_frames, val_frames = forces_in_validation(train_frames, val_frames)
     device = resolve_device(device)  # imports torch: after the quick checks of the input
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -114,6 +115,11 @@ def _mid_segment(root: Path, g: int, walkers: int, past: int) -> int | None:
     return None
 
 
+def _positions(path: Path) -> set[bytes]:
+    """The frames of an extxyz file, each as its rounded positions."""
+    return {np.round(f.positions, 6).tobytes() for f in read_frames(path)}
+
+
 def _walker_records(root: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in (root / ".hillwalker/tasks/walker").glob("*.json")]
 
@@ -176,6 +182,13 @@ def test_two_generations_end_to_end(tmp_path):
     dataset = read_frames(root / "dataset.extxyz")
     assert len(dataset) == sum(sizes)
     assert [f.info["generation"] for f in dataset] == sorted(f.info["generation"] for f in dataset)
+    # the validation set is fixed across generations (the training seed is not): each model
+    # validates on the last one's validation frames and on none the last one trained on
+    data = [root / f"generations/{g:03d}/model/data" for g in range(3)]
+    for before, after in itertools.pairwise(data):
+        val = _positions(after / "val.extxyz")
+        assert _positions(before / "val.extxyz") <= val
+        assert not (_positions(before / "train.extxyz") & val)
 
     # the bias is kept: generation 2 goes on from generation 1's hills
     h1 = read_hills(root / "generations/001/hills")
