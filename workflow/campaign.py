@@ -844,17 +844,21 @@ class CampaignRun:
         write_frames(data, self._training_frames(g))
         template = self.dir.root / self.cfg.material.nequip
         compile = settings.compile_models(self.cfg, self.ex.parallel("md"))
-        key = task_key(
-            "train",
-            g,
-            file_digest(data),
-            file_digest(template),
-            changes,
-            file_digest(init) if init else None,
-            *(() if compile else ("eager",)),  # a compiled model's key is as before the choice
-            *((sorted(species_map.items()),) if species_map else ()),
-            *(("refit-references",) if refit else ()),
-        )
+
+        def key_for(compiled: bool) -> str:
+            return task_key(
+                "train",
+                g,
+                file_digest(data),
+                file_digest(template),
+                changes,
+                file_digest(init) if init else None,
+                *(() if compiled else ("eager",)),  # a compiled model's key is as before
+                *((sorted(species_map.items()),) if species_map else ()),
+                *(("refit-references",) if refit else ()),
+            )
+
+        key = key_for(compile)
 
         def submit(out_dir: Path) -> cf.Future[Any]:
             return self.ex.submit(
@@ -871,7 +875,9 @@ class CampaignRun:
                 refit_references=refit,
             )
 
-        return self._training(g, key, changes["epochs"], TrainedModel.from_record, submit)
+        return self._training(
+            g, key, changes["epochs"], TrainedModel.from_record, submit, other=key_for(not compile)
+        )
 
     def _train_levels(self, g: int, previous: TrainedModel | None) -> TrainedModel:
         """Generation g's potential from the labels at both levels (training.method), each
@@ -889,20 +895,24 @@ class CampaignRun:
         init = previous.directory if warm and previous is not None else None
         compile = settings.compile_models(self.cfg, self.ex.parallel("md"))
         middle = [level.name for level in self.intermediates]
-        key = task_key(
-            "train-levels",
-            g,
-            t.method,
-            self.level.name,
-            baseline.name,
-            file_digest(data),
-            file_digest(template),
-            file_digest(baseline_file),
-            changes,
-            potential_digest(init) if init else None,
-            compile,
-            *((middle,) if middle else ()),  # a two-level campaign's key is as before
-        )
+
+        def key_for(compiled: bool) -> str:
+            return task_key(
+                "train-levels",
+                g,
+                t.method,
+                self.level.name,
+                baseline.name,
+                file_digest(data),
+                file_digest(template),
+                file_digest(baseline_file),
+                changes,
+                potential_digest(init) if init else None,
+                compiled,
+                *((middle,) if middle else ()),  # a two-level campaign's key is as before
+            )
+
+        key = key_for(compile)
 
         def submit(out_dir: Path) -> cf.Future[Any]:
             return self.ex.submit(
@@ -925,7 +935,9 @@ class CampaignRun:
         def load(directory: Path) -> TrainedModel:
             return _as_model(read_potential(directory))
 
-        return self._training(g, key, changes["epochs"], load, submit, convert=_as_model)
+        return self._training(
+            g, key, changes["epochs"], load, submit, convert=_as_model, other=key_for(not compile)
+        )
 
     def _training(
         self,
@@ -935,11 +947,19 @@ class CampaignRun:
         load: Callable[[Path], TrainedModel],
         submit: Callable[[Path], cf.Future[Any]],
         convert: Callable[[Any], TrainedModel] = lambda model: model,
+        other: str | None = None,
     ) -> TrainedModel:
         """Generation g's recorded model (``load`` of its directory), or the training task
         ``submit`` starts, waited for: its record saved, its test sets scored, the generation's
-        timings written."""
+        timings written. ``other``: the key of the same training with the other compile choice,
+        which depends on this machine's cores (settings.compile_models): a run resumed on another
+        machine takes the model trained before as it is; training it again would start the
+        generations after it over on walkers and a bias that have gone on already."""
         record = self.dir.record("train", key)
+        if (record is None or record["status"] != STATUS_DONE) and other is not None:
+            found = self.dir.record("train", other)
+            if found is not None and found["status"] == STATUS_DONE:
+                key, record = other, found
         if record is not None and record["status"] == STATUS_DONE:
             self.progress.skipped += 1
             model = load(self.dir.root / record["directory"])
