@@ -92,10 +92,10 @@ def compile_models(cfg: Campaign, parallel: int | None = None) -> bool:
     return bool(choice)
 
 
-def train_settings(template: Path, changes: dict[str, Any], cfg: Campaign) -> TrainSettings:
+def train_settings(template: Path, changes: dict[str, Any], *, split_seed: int) -> TrainSettings:
     """The template's knobs with the campaign's changes on top. The validation frames are
-    picked with the campaign's seed, not the generation's: each generation's validation set
-    holds the previous one's, so its error is comparable and a warm-started model is never
-    validated on frames it trained on. (Not part of ``changes``: a generation's task key, and
+    picked with ``split_seed`` (the campaign's seed), not the generation's: each generation's
+    validation set holds the previous one's, so its error is comparable and a warm-started
+    model is never validated on frames it trained on. (Not part of ``changes``: a generation's task key, and
     so a campaign resumed from before this choice, stays as it was.)"""
-    return TrainSettings.from_template(template, **{"split_seed": cfg.seed, **changes})
+    return TrainSettings.from_template(template, **{"split_seed": split_seed, **changes})

@@ -33,7 +33,8 @@ def test_each_generation_validates_on_the_last_ones_validation_frames_and_no_tra
         atoms.info["generation"] = 0 if i < 24 else 1 + (i - 24) // 4
     seeds, trained, validated = set(), set(), set()
     for g in range(7):
-        s = train_settings(template, training_changes(cfg, g, warm=g > 0), cfg)
+        changes = training_changes(cfg, g, warm=g > 0)
+        s = train_settings(template, changes, split_seed=cfg.seed)
         seeds.add(s.seed)
         train, val = split(frames[: 24 + 4 * g], s.validation_fraction, s.validation_seed)
         moved, dropped = len(_ids(val) & trained), len(validated - _ids(val))
