@@ -789,18 +789,24 @@ class CampaignRun:
         base: dict[Any, Atoms],
         middle: dict[Any, Atoms],
     ) -> None:
-        """A walker whose frame was labeled (at every level that labeled it) goes on from its
-        state; otherwise from its start. So does one whose label is left out of training
-        (a force above training.max_label_force: a torn geometry, which the next model knows
-        nothing about and would blow up on at once)."""
+        """Where each walker starts the next generation (:func:`next_start`)."""
         states = {}
         for i, segment in segments.items():
             _, start = self._walker_keys[(g, i)]
+            part, k = self._slots[g][i]
             at_levels = [labeled.get(i), base.get((i, -1))]
             at_levels += [middle.get((j, i)) for j in range(len(self.intermediates))]
             finals = [f for f in at_levels if f is not None]
-            good = goes_on(segment.status, finals, self.cfg.training.max_label_force)
-            states[_state_key(*self._slots[g][i])] = str(segment.state_path) if good else str(start)
+            limits = (self.cfg.training.max_label_force, part.cfg.safety.max_force)
+            states[_state_key(part, k)] = str(
+                next_start(
+                    segment,
+                    finals,
+                    min(x for x in limits if x is not None),
+                    start,
+                    self._start_structure_file(part),
+                )
+            )
         atomic_write_json(self.dir.walker_states(g), states)
 
     def _walker_states(self, g: int) -> dict[str, str]:
@@ -1197,6 +1203,25 @@ def goes_on(status: str, finals: list[Atoms], max_label_force: float | None) -> 
         f.info.get("status") == STATUS_DONE and not split_by_force([f], max_label_force)[1]
         for f in finals
     )
+
+
+def next_start(
+    segment: WalkerSegment, finals: list[Atoms], max_force: float, start: Path, structure: Path
+) -> Path:
+    """Where a walker starts its next segment. From where this one ended when it ended normally
+    and its frame was labeled (``finals``: at every level that labeled it) with every reference
+    force below ``max_force`` (the lower of training.max_label_force and safety.max_force: a
+    torn geometry is not trained on, and a model that learned forces above the walkers' check
+    would stop the next segment at its first step); otherwise from this segment's ``start`` -
+    unless it blew up there before one step, so the model it has now cannot run from that
+    start: then from the material's ``structure`` (measured: a walker whose start the models
+    put at 29 eV/Å went back to it and blew up at its first step in ten generations running,
+    each time sending a frame labeled before, a quarter of the budget spent on nothing)."""
+    if goes_on(segment.status, finals, max_force):
+        return segment.state_path
+    if segment.status == STATUS_BLOWN_UP and segment.steps_done == 0:
+        return structure
+    return start
 
 
 def _to_label(segment: WalkerSegment) -> Atoms:

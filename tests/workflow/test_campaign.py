@@ -500,6 +500,34 @@ def test_a_walker_goes_on_only_from_a_frame_that_is_trained_on():
     assert not goes_on("done", [failed], None)
 
 
+def test_a_walker_that_cannot_take_a_step_from_its_start_goes_back_to_the_structure():
+    """Seen (HEIGHT 10, seed 2): a walker's labeled end state had reference forces of 29 eV/Å;
+    the next models learned them, so every later segment blew up at its first step
+    (safety.max_force 25) and went back to that same start: ten generations, ten frames
+    labeled before. Such a walker now goes back to the material's structure, and a frame whose
+    reference forces exceed the walkers' check is not gone on from."""
+    from hillwalker.campaign import next_start
+    from hillwalker.engines.walkers import WalkerSegment
+
+    frames = read_frames(Path(__file__).parents[1] / "data/mil53_xtb_frames.extxyz")
+    calm = min(frames, key=largest_force)
+    start, structure, state = Path("start.traj"), Path("start.extxyz"), Path("state.traj")
+
+    def segment(status: str, steps_done: int) -> WalkerSegment:
+        return WalkerSegment(
+            walker=0, generation=4, status=status, steps_done=steps_done, start_step=2000,
+            end_step=2000 + steps_done, final=calm, state_path=state, colvar=Path("COLVAR"),
+            hills=[], log=Path("walker.log"),
+        )  # fmt: skip
+
+    force = largest_force(calm)
+    assert next_start(segment("done", 1000), [calm], 25.0, start, structure) == state
+    # the walkers' check is lower than the frame's force: not a state to go on from
+    assert next_start(segment("done", 1000), [calm], force / 2, start, structure) == start
+    assert next_start(segment("blown_up", 40), [calm], 25.0, start, structure) == start
+    assert next_start(segment("blown_up", 0), [calm], 25.0, start, structure) == structure
+
+
 @pytest.mark.slow
 def test_a_frame_labeled_before_is_in_the_dataset_once(tmp_path):
     """A walker that blows up at its very start sends the frame it started from; from the
