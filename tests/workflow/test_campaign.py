@@ -115,9 +115,11 @@ def _mid_segment(root: Path, g: int, walkers: int, past: int) -> int | None:
     return None
 
 
-def _positions(path: Path) -> set[bytes]:
-    """The frames of an extxyz file, each as its rounded positions."""
-    return {np.round(f.positions, 6).tobytes() for f in read_frames(path)}
+def _positions(path: Path) -> set[str]:
+    """The frames of an extxyz file, each by its geometry's identity."""
+    from hillwalker.engines.multilevel import frame_id
+
+    return {frame_id(f) for f in read_frames(path)}
 
 
 def _walker_records(root: Path) -> list[dict]:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from hillwalker.config import Campaign
 from hillwalker.engines.dataset import read_frames
+from hillwalker.engines.multilevel import frame_id
 from hillwalker.engines.nequip.data import split
 from hillwalker.settings import train_settings, training_changes
 
@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "mil53_xtb_frames.extxyz"
 
 
-def _ids(frames: list) -> set[bytes]:
-    return {np.round(f.positions, 6).tobytes() for f in frames}
+def _ids(frames: list) -> set[str]:
+    return {frame_id(f) for f in frames}
 
 
 def test_each_generation_validates_on_the_last_ones_validation_frames_and_no_trained_one() -> None:
