@@ -23,11 +23,13 @@ from typing import Any
 
 from hillwalker.engines.files import atomic_open, atomic_write_json
 from hillwalker.engines.plumed import (
+    HillsError,
     count_hills,
     count_hills_in_bytes,
     hills_file,
     hills_files,
     init_bias_dir,
+    read_snapshot,
 )
 
 #: the ledger's folder inside a bias directory
@@ -202,3 +204,85 @@ def roll_back_unfinished(record_path: Path, own_hills: Path, generation: int) ->
         with atomic_open(own_hills, "wb") as handle:
             handle.write(kept)
     return removed
+
+
+def rewind(
+    bias_dir: Path,
+    generation: int,
+    replayed: dict[int, bool],
+    snapshots: dict[int, Path | None],
+) -> dict[int, int]:
+    """Put each walker's hills back to where they stood when ``generation`` began, before a
+    segment of it runs again; return the hills removed, by walker.
+
+    A campaign that re-runs generation g (its model or walker settings changed) while its
+    walkers had gone on to later generations would otherwise deposit on top of the hills of
+    the generations being replaced, and with a shared bias every walker would feel them.
+    ``replayed`` says, for each walker, whether its segment of ``generation`` is kept as
+    recorded (its hills stay: the file goes back to the end of that segment) or runs again
+    (back to the end of the generation before). ``snapshots`` gives the campaign's hills
+    snapshot taken after each generation (``generations/NNN/hills``; None: no hills yet).
+    Each walker's own file is cut where the ledger records its segments (this generation's,
+    run or killed) or taken from the snapshot (later generations'), and its record set to
+    match; the step counter keeps its place (it never goes back).
+    """
+    # (walker, record path, own file, snapshot bytes or None: cut, settled generation, step)
+    plans: list[tuple[int, Path, Path, bytes | None, int, int]] = []
+    loaded: dict[int, dict[str, bytes]] = {}
+    for walker, kept in replayed.items():
+        path = record_path(bias_dir, walker)
+        if not path.is_file():
+            continue
+        try:
+            record = json.loads(path.read_text())
+            recorded = int(record["generation"])
+            done = record["status"] == "done"
+            step = int(record["end_step"] if done else record["start_step"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise WalkerError(f"{path}: unreadable segment record ({exc})") from exc
+        own = hills_file(bias_dir, walker)
+        if recorded < generation or (recorded == generation and kept):
+            continue
+        if recorded == generation:  # cut back to the start of its segment of this generation
+            plans.append((walker, path, own, None, generation - 1, int(record["start_step"])))
+            continue
+        settled = generation if kept else generation - 1
+        snapshot = snapshots.get(settled)
+        if settled not in loaded:
+            try:
+                loaded[settled] = read_snapshot(snapshot) if snapshot is not None else {}
+            except (HillsError, OSError) as exc:
+                raise WalkerError(
+                    f"{own}: cannot go back to generation {settled}'s hills: {exc}"
+                ) from exc
+        plans.append((walker, path, own, loaded[settled].get(own.name, b""), settled, step))
+    # every snapshot read and checked before any file changes: nothing half rewound
+    removed: dict[int, int] = {}
+    for walker, path, own, data, settled, step in plans:
+        before = count_hills(own)
+        if data is None:
+            roll_back_unfinished(path, own, generation)
+        else:
+            with atomic_open(own, "wb") as handle:
+                handle.write(data)
+        _settle(path, own, walker, settled, step)
+        removed[walker] = before - count_hills(own)
+    return removed
+
+
+def _settle(path: Path, own: Path, walker: int, generation: int, step: int) -> None:
+    """A record of a finished segment of ``generation`` that left ``own`` as it is now."""
+    atomic_write_json(
+        path,
+        {
+            "walker": walker,
+            "generation": generation,
+            "start_step": step,
+            "end_step": step,
+            "bytes": own.stat().st_size,
+            "hills": count_hills(own),
+            "hills_added": 0,
+            "status": "done",
+            "rewound": True,
+        },
+    )

@@ -695,23 +695,30 @@ def snapshot_hills(
     return copied
 
 
-def restore_hills(snapshot_dir: str | os.PathLike[str], bias_dir: str | os.PathLike[str]) -> int:
-    """Replace the live hills by a snapshot (e.g. to resume a campaign whose bias was lost).
-
-    Checks each file against the snapshot's ``hills.json`` first; returns the hill count.
-    """
+def read_snapshot(snapshot_dir: str | os.PathLike[str]) -> dict[str, bytes]:
+    """The hills files of a snapshot by name, each checked against its ``hills.json``."""
     snap = Path(snapshot_dir)
     manifest_path = snap / "hills.json"
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as exc:
         raise HillsError(f"{manifest_path}: not a complete hills snapshot ({exc})") from exc
-    total = 0
+    files = {}
     for name, meta in manifest.get("files", {}).items():
         data = (snap / name).read_bytes()
         if hashlib.sha256(data).hexdigest() != meta["sha256"]:
             raise HillsError(f"{snap / name}: content differs from {manifest_path}")
+        files[name] = data
+    return files
+
+
+def restore_hills(snapshot_dir: str | os.PathLike[str], bias_dir: str | os.PathLike[str]) -> int:
+    """Replace the live hills by a snapshot (e.g. to resume a campaign whose bias was lost).
+
+    Checks each file against the snapshot's ``hills.json`` first; returns the hill count.
+    """
+    files = read_snapshot(snapshot_dir)
+    for name, data in files.items():
         with atomic_open(Path(bias_dir) / name, "wb") as handle:
             handle.write(data)
-        total += int(meta["hills"])
-    return total
+    return sum(count_hills_in_bytes(data) for data in files.values())

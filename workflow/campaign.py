@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -609,13 +610,14 @@ class CampaignRun:
         base: dict[Any, Label] = {}
         middle: dict[Any, Label] = {}
         running: dict[cf.Future[Any], int] = {}
-        for i in range(len(self._slots[g])):
-            found = self._explore(g, i, model)
-            if isinstance(found, cf.Future):
-                running[found] = i
+        found = {i: self._explore(g, i, model) for i in range(len(self._slots[g]))}
+        self._rewind_bias(g, {i: not callable(f) for i, f in found.items()})
+        for i, task in found.items():
+            if callable(task):
+                running[task()] = i
             else:
-                segments[i] = found
-                self._label_segment(g, i, found, labels, base, middle)
+                segments[i] = task
+                self._label_segment(g, i, task, labels, base, middle)
         pending = set(running)
         while pending:
             finished, pending = cf.wait(pending, timeout=1.0, return_when=cf.FIRST_COMPLETED)
@@ -701,8 +703,36 @@ class CampaignRun:
         start = states.get(_state_key(part, k)) if self.cfg.walkers.start == "continue" else None
         return Path(start) if start else self._start_structure_file(part)
 
-    def _explore(self, g: int, i: int, model: TrainedModel) -> WalkerSegment | cf.Future[Any]:
-        """The walker's recorded segment, or a segment submitted to run."""
+    def _rewind_bias(self, g: int, replayed: dict[int, bool]) -> None:
+        """Before a walker of generation g runs again, each part's hills go back to where they
+        stood when g began (a run whose model or walker settings changed since re-runs g, but
+        the live bias may hold the hills of g and the generations after it)."""
+        from hillwalker.engines.hills_ledger import rewind
+
+        if self.cfg.walkers.bias == "none" or all(replayed.values()):
+            return
+        for part in self.parts:
+            mine = {k: replayed[i] for i, (p, k) in enumerate(self._slots[g]) if p is part}
+            snapshots = {
+                h: self.dir.generation(h) / "hills" / (part.name or "")
+                for h in (g - 1, g)
+                if h > part.joined
+            }
+            removed = rewind(part.bias_dir, g, mine, snapshots)
+            if any(removed.values()):
+                log.warning(
+                    "generation %d runs again: %d hill(s) of it and of later generations taken "
+                    "out of %s (walkers %s), back to the bias it began with",
+                    g,
+                    sum(removed.values()),
+                    part.bias_dir,
+                    ", ".join(str(k) for k, n in removed.items() if n),
+                )
+
+    def _explore(
+        self, g: int, i: int, model: TrainedModel
+    ) -> WalkerSegment | Callable[[], cf.Future[Any]]:
+        """The walker's recorded segment, or what submits its segment to run."""
         from hillwalker.engines.potentials import potential_digest
         from hillwalker.engines.walkers import Walker
 
@@ -737,7 +767,8 @@ class CampaignRun:
         walker = Walker(
             index=k, generation=g, n_walkers=w.count, bias_dir=part.bias_dir, bias=w.bias
         )
-        return self.ex.submit(
+        return functools.partial(
+            self.ex.submit,
             "md",
             tasks.explore,
             str(deployed),

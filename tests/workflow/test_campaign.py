@@ -305,6 +305,24 @@ def test_two_generations_end_to_end(tmp_path):
     assert before == after
     assert seen[-1] == 4 + 3 * 2 + 3 * 2 + 3  # single points + walkers + trainings
 
+    # a safe change of the walkers (another temperature) runs generations 1 and 2 again: on the
+    # bias each began with, not on top of the hills of the segments they replace (measured bug:
+    # the live bias kept every old hill and each re-run walker added its own)
+    old = {r["key"] for r in _walker_records(root)}
+    config = yaml.safe_load((root / "campaign.yaml").read_text())
+    config["walkers"]["temperature"] = 320.0
+    (root / "campaign.yaml").write_text(yaml.safe_dump(config))
+    run_campaign(root)
+    new = [r for r in _walker_records(root) if r["key"] not in old]
+    assert sorted((r["generation"], r["walker"]) for r in new) == [
+        (g, i) for g in (1, 2) for i in range(3)
+    ]
+    for i in range(3):
+        mine = [r["hills_added"] for r in new if r["walker"] == i]
+        assert len(read_hills(root / f"bias/HILLS.{i}").times) == sum(mine) > 0, (i, mine)
+    first = sum(r["hills_added"] for r in new if r["generation"] == 1)
+    assert len(read_hills(root / "generations/001/hills").times) == first
+
 
 def test_a_single_point_longer_than_the_block_is_refused_before_submitting(tmp_path):
     root = make_campaign(tmp_path / "c", labeling={"timeout": 1800.0})
