@@ -18,6 +18,9 @@ Methods (all at the main job's level, GFN1-xTB in CP2K, and its NequIP template)
   walker frame is replaced by a perturbed copy (generation 0's σ and strain) of the walker frame
   before it, labeled at the level; trained from scratch like ``+scratch``, its counterpart at equal
   budget: do strained copies of the walkers' configurations buy what the walkers miss?
+- ``shared+noblowups`` (any walker method + ``+noblowups``): ``+scratch`` without the frames of
+  the walker segments that blew up (the configuration where the model failed, which the campaign
+  labels): what those single points add to, or take from, the same training.
 
 The test set (tests/data/mil53_xtb_frames.extxyz, 48 frames, made by
 tests/data/make_mil53_frames.py) is never trained on. It is scored as a whole and in bins:
@@ -212,11 +215,35 @@ def run_scratch(
     frames = campaign_frames(work, method)
     # frames above training.max_label_force were not trained on by the campaign: not here either
     limit = config["training"].get("max_label_force")
+    blown = blown_up(work / method.split("+")[0]) if method.endswith("+noblowups") else set()
     return [
-        train_and_score(work / method, n, trained_on(frames[:n], limit), config, epochs, bins)
+        train_and_score(
+            work / method,
+            n,
+            trained_on([f for f in frames[:n] if _segment(f) not in blown], limit),
+            config,
+            epochs,
+            bins,
+        )
         for n in budgets
         if n <= len(frames)
     ]
+
+
+def blown_up(root: Path) -> set[tuple[int, int]]:
+    """(generation, walker) of every walker segment of the campaign ``root`` that blew up."""
+    return {
+        (int(r["generation"]), int(r["walker"]))
+        for r in (json.loads(p.read_text()) for p in root.glob(".hillwalker/tasks/walker/*.json"))
+        if r.get("status") == "blown_up"
+    }
+
+
+def _segment(frame: Any) -> tuple[int, int] | None:
+    """The (generation, walker) whose final frame this is (None: not a walker frame)."""
+    if frame.info.get("walker") is None:
+        return None
+    return int(frame.info["generation"]), int(frame.info["walker"])
 
 
 def run_jitter(
@@ -424,7 +451,8 @@ def main() -> int:
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     for method in methods:
         known = method in (*WALKER_METHODS, "random", "oracle") or (
-            method.endswith(("+scratch", "+jitter")) and method.split("+")[0] in WALKER_METHODS
+            method.endswith(("+scratch", "+jitter", "+noblowups"))
+            and method.split("+")[0] in WALKER_METHODS
         )
         if not known:
             parser.error(f"unknown method {method!r}")
