@@ -640,8 +640,8 @@ class CampaignRun:
         """Submit a walker segment's single points: its final frame at the target level (for
         the first walkers the target quota allows) and at each intermediate level (its quota),
         and with a baseline, its snapshots and final frame at the baseline level."""
-        frame = _to_label(segment)
         part, k = self._slots[g][i]
+        frame = _to_label(segment, part.cfg.safety.blow_up_label)
         if i < self._target_count(g):
             labels[i] = self._label(frame, generation=g, index=i, walker=k, material=part.name)
         if i < self._middle_count(g):
@@ -836,6 +836,8 @@ class CampaignRun:
                     min(x for x in limits if x is not None),
                     start,
                     self._start_structure_file(part),
+                    labeled_final=_to_label(segment, part.cfg.safety.blow_up_label)
+                    is segment.final,
                 )
             )
         atomic_write_json(self.dir.walker_states(g), states)
@@ -1237,7 +1239,13 @@ def goes_on(status: str, finals: list[Atoms], max_label_force: float | None) -> 
 
 
 def next_start(
-    segment: WalkerSegment, finals: list[Atoms], max_force: float, start: Path, structure: Path
+    segment: WalkerSegment,
+    finals: list[Atoms],
+    max_force: float,
+    start: Path,
+    structure: Path,
+    *,
+    labeled_final: bool = False,
 ) -> Path:
     """Where a walker starts its next segment. From where this one ended when it ended normally
     and its frame was labeled (``finals``: at every level that labeled it) with every reference
@@ -1247,21 +1255,38 @@ def next_start(
     unless it blew up there before one step, so the model it has now cannot run from that
     start: then from the material's ``structure`` (measured: a walker whose start the models
     put at 29 eV/Å went back to it and blew up at its first step in ten generations running,
-    each time sending a frame labeled before, a quarter of the budget spent on nothing)."""
-    if goes_on(segment.status, finals, max_force):
+    each time sending a frame labeled before, a quarter of the budget spent on nothing).
+    ``labeled_final``: the labels are of the state the segment ended in (a blow-up with
+    safety.blow_up_label ``last_safe``): that state counts as an end like a normal one."""
+    ended = STATUS_DONE if labeled_final and segment.status == STATUS_BLOWN_UP else segment.status
+    if goes_on(ended, finals, max_force):
         return segment.state_path
     if segment.status == STATUS_BLOWN_UP and segment.steps_done == 0:
         return structure
     return start
 
 
-def _to_label(segment: WalkerSegment) -> Atoms:
+def _to_label(segment: WalkerSegment, choice: str = "failed") -> Atoms:
     """The frame a walker's segment sends to the reference level: where a blown-up walker failed
     (when that geometry is sane: the model's worst configuration, and a new one), else the state
-    it ends in (for a blow-up that is a state it passed, often one labeled before)."""
-    if segment.status == STATUS_BLOWN_UP and segment.failed is not None:
-        return segment.failed
-    return segment.final
+    it ends in (for a blow-up that is a state it passed, often one labeled before). With
+    ``choice`` ``last_safe`` a blow-up sends the last state of the segment that passed every
+    check instead, when the segment got past its first check (a state of its own, not its
+    start: measured, the configurations where a bond had gone cost the models trained on them
+    — docs/learning-curve.md)."""
+    if segment.status != STATUS_BLOWN_UP:
+        return segment.final
+    if choice == "last_safe" and _reset_within(segment):
+        return segment.final
+    return segment.failed if segment.failed is not None else segment.final
+
+
+def _reset_within(segment: WalkerSegment) -> bool:
+    """A blown-up segment went back to a state it passed after its start."""
+    return any(
+        e.get("kind") == "blow_up" and int(e.get("reset_to_step", -1)) > segment.start_step
+        for e in segment.events
+    )
 
 
 def _segment_record(segment: WalkerSegment) -> dict[str, Any]:

@@ -288,6 +288,14 @@ class Safety(_Model):
         "goes back to its last intact state. For frameworks and molecular crystals; not for "
         "melts, liquids or reactions.",
     )
+    blow_up_label: Literal["failed", "last_safe"] = Field(
+        "failed",
+        description="What a walker segment that blew up sends to the reference level: 'failed', "
+        "the configuration where it failed (if sane for a single point), and the walker starts "
+        "its next segment where this one started; 'last_safe', the last state in the segment "
+        "that passed every check (when it got past its first check; else as 'failed'), and the "
+        "walker goes on from there once that frame is labeled and trained on.",
+    )
 
 
 class Labeling(_Model):

@@ -548,6 +548,37 @@ def test_a_walker_that_cannot_take_a_step_from_its_start_goes_back_to_the_struct
     assert next_start(segment("blown_up", 0), [calm], 25.0, start, structure) == structure
 
 
+def test_safety_blow_up_label_last_safe_labels_the_last_intact_state_and_goes_on_from_it():
+    """safety.blow_up_label: a segment that blew up sends the configuration where it failed
+    (``failed``, the default) or the last state in it that passed every check (``last_safe``),
+    and with the latter the walker goes on from that labeled state; a blow-up before the first
+    check has no state of its own (its last safe state is its start, labeled before)."""
+    from hillwalker.campaign import _to_label, next_start
+    from hillwalker.engines.walkers import WalkerSegment
+
+    frames = read_frames(Path(__file__).parents[1] / "data/mil53_xtb_frames.extxyz")
+    safe, torn = frames[0], frames[1]
+    start, structure, state = Path("start.traj"), Path("start.extxyz"), Path("state.traj")
+
+    def blown_up(reset_to_step: int) -> WalkerSegment:
+        return WalkerSegment(
+            walker=0, generation=3, status="blown_up", steps_done=240, start_step=2490,
+            end_step=2730, final=safe, failed=torn, state_path=state, colvar=Path("COLVAR"),
+            hills=[], log=Path("walker.log"),
+            events=[{"kind": "blow_up", "step": 2730, "reset_to_step": reset_to_step}],
+        )  # fmt: skip
+
+    within, at_start = blown_up(2720), blown_up(2490)
+    assert _to_label(within) is torn and _to_label(within, "failed") is torn
+    assert _to_label(within, "last_safe") is safe
+    assert _to_label(at_start, "last_safe") is torn
+    assert next_start(within, [safe], 25.0, start, structure) == start
+    assert next_start(within, [safe], 25.0, start, structure, labeled_final=True) == state
+    # a labeled last safe state with forces above the walkers' check is not gone on from
+    limit = largest_force(safe) / 2
+    assert next_start(within, [safe], limit, start, structure, labeled_final=True) == start
+
+
 @pytest.mark.slow
 def test_a_frame_labeled_before_is_in_the_dataset_once(tmp_path):
     """A walker that blows up at its very start sends the frame it started from; from the
