@@ -13,7 +13,7 @@ independent set is thermal by construction and owes nothing to any trained model
 - Labels: CP2K at ``templates/mil53-al/levels/xtb.inp`` (the benchmark's exact level), like the
   perturbed set; frames whose SCF needs a hotter smearing are dropped.
 
-Run from the repository root (~45 min on one core; seeds fixed, so the same frames every time):
+Run from the repository root (~35 min on one core, 2026-12-04; seeds fixed, so the same frames every time):
 
     .venv/bin/python tests/data/make_mil53_thermal_frames.py
 """
