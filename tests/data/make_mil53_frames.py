@@ -106,8 +106,8 @@ def draw_frames(seed: int = SEED) -> list[Atoms]:
     return frames
 
 
-def main() -> int:
-    frames = draw_frames()
+def label_and_write(frames: list[Atoms], out: Path) -> int:
+    """Label ``frames`` at the benchmark's level and write those labeled at it to ``out``."""
     level = Level.from_file(LEVEL)
     labeled = []
     with tempfile.TemporaryDirectory(prefix="mil53_frames_") as tmp:
@@ -122,9 +122,13 @@ def main() -> int:
             physics_changed = any(c["name"] != "more_scf_steps" for c in result.corrections)
             if result.status == "done" and not physics_changed:
                 labeled.append(result.to_atoms(frame, level="xtb", generation=0, task_id=i))
-    write_frames(OUT, labeled)
-    print(f"wrote {len(labeled)} of {len(frames)} frames to {OUT}")
+    write_frames(out, labeled)
+    print(f"wrote {len(labeled)} of {len(frames)} frames to {out}")
     return 0
+
+
+def main() -> int:
+    return label_and_write(draw_frames(), OUT)
 
 
 if __name__ == "__main__":

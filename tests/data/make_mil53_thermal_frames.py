@@ -21,7 +21,6 @@ Run from the repository root (~35 min on one core, 2026-12-04; seeds fixed, so t
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,10 +29,8 @@ from ase import units
 from ase.constraints import FixCom
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
-from make_mil53_frames import LEVEL, np_to_lp_path, relaxed
+from make_mil53_frames import label_and_write, np_to_lp_path, relaxed
 
-from hillwalker.engines.cp2k import Level, single_point
-from hillwalker.engines.dataset import write_frames
 from hillwalker.engines.geometry import bond_change, bond_graph
 
 HERE = Path(__file__).resolve().parent
@@ -103,22 +100,7 @@ def main() -> int:
     for i, t in enumerate(PATH_T):
         for trajectory in range(TRAJECTORIES):
             frames += sample(t, trajectory, SEED + 10 * i + trajectory)
-    level = Level.from_file(LEVEL)
-    labeled = []
-    with tempfile.TemporaryDirectory(prefix="mil53_thermal_") as tmp:
-        for i, frame in enumerate(frames):
-            result = single_point(frame, level, Path(tmp) / f"frame_{i:03d}", timeout=300)
-            print(
-                f"{i:3d} {frame.info['source']:<16} V={frame.get_volume():6.1f} "
-                f"{result.status} {result.failure or ''} {result.wall_seconds:.1f}s",
-                flush=True,
-            )
-            physics_changed = any(c["name"] != "more_scf_steps" for c in result.corrections)
-            if result.status == "done" and not physics_changed:
-                labeled.append(result.to_atoms(frame, level="xtb", generation=0, task_id=i))
-    write_frames(OUT, labeled)
-    print(f"wrote {len(labeled)} of {len(frames)} frames to {OUT}")
-    return 0
+    return label_and_write(frames, OUT)
 
 
 if __name__ == "__main__":
