@@ -721,8 +721,9 @@ class CampaignRun:
             removed = rewind(part.bias_dir, g, mine, snapshots)
             if any(removed.values()):
                 log.warning(
-                    "generation %d runs again: %d hill(s) of it and of later generations taken "
-                    "out of %s (walkers %s), back to the bias it began with",
+                    "before generation %d's walkers run: %d hill(s) of segments being run again "
+                    "(killed, or with other inputs) and of later generations taken out of %s "
+                    "(walkers %s), back to the bias the generation began with",
                     g,
                     sum(removed.values()),
                     part.bias_dir,
