@@ -25,8 +25,10 @@ Methods (all at the main job's level, GFN1-xTB in CP2K, and its NequIP template)
 The test set (tests/data/mil53_xtb_frames.extxyz, 48 frames, made by
 tests/data/make_mil53_frames.py) is never trained on. It is scored as a whole and in bins:
 ``near_eq`` (perturbed relaxed narrow pore, σ ≤ 0.05 Å: near equilibrium), ``np_lp`` (the
-np → lp path) and ``lp`` (perturbed relaxed large pore). The walker campaigns score every
-generation's model on each bin inside the loop (``evaluation.test_sets``).
+np → lp path) and ``lp`` (perturbed relaxed large pore); beside it the thermal set
+(tests/data/mil53_xtb_thermal_frames.extxyz: 400 K MD on the reference itself, see
+``bench_thermal_set.py``) by region, ``thermal_np``, ``thermal_path``, ``thermal_lp``. The walker
+campaigns score every generation's model on each bin inside the loop (``evaluation.test_sets``).
 
 Seeds (``--seeds``): each method runs once per seed — the campaign's ``seed`` (its perturbations,
 walker velocities, training split) or, for the oracle and ``+scratch``, the training's seed —
@@ -63,7 +65,8 @@ from learning_curve_diagnostics import diagnose, trained_on
 ROOT = Path(__file__).resolve().parents[1]
 TEST_SET = ROOT / "tests" / "data" / "mil53_xtb_frames.extxyz"
 WALKER_METHODS = ("shared", "independent", "none")
-BINS = ("all", "near_eq", "np_lp", "lp")
+THERMAL_SET = ROOT / "tests" / "data" / "mil53_xtb_thermal_frames.extxyz"
+BINS = ("all", "near_eq", "np_lp", "lp", "thermal_np", "thermal_path", "thermal_lp")
 METRICS = ("force_rmse_mev_per_ang", "energy_rmse_mev_per_atom", "stress_rmse_gpa")
 #: torch threads of the from-scratch trainings (oracle, +scratch); None: every core (--threads)
 TRAIN_THREADS: int | None = None
@@ -84,6 +87,11 @@ def test_bins(work: Path) -> dict[str, Path]:
         "np_lp": [f for f in frames if str(f.info.get("source", "")).startswith("np-lp-path")],
         "lp": [f for f in frames if f.info.get("source") == "lp-relaxed"],
     }
+    # the thermal set (400 K MD on the reference at fixed cells; bench_thermal_set.py) by region
+    thermal = read_frames(THERMAL_SET)
+    groups["thermal_np"] = [f for f in thermal if float(f.info["path_t"]) == 0.0]
+    groups["thermal_path"] = [f for f in thermal if 0.0 < float(f.info["path_t"]) < 1.0]
+    groups["thermal_lp"] = [f for f in thermal if float(f.info["path_t"]) == 1.0]
     paths = {}
     for name, group in groups.items():
         paths[name] = work / "test-set" / f"{name}.extxyz"
