@@ -837,8 +837,7 @@ class CampaignRun:
                     min(x for x in limits if x is not None),
                     start,
                     self._start_structure_file(part),
-                    labeled_final=_to_label(segment, part.cfg.safety.blow_up_label)
-                    is segment.final,
+                    labeled_final=_sends_last_safe(segment, part.cfg.safety.blow_up_label),
                 )
             )
         atomic_write_json(self.dir.walker_states(g), states)
@@ -1275,18 +1274,21 @@ def _to_label(segment: WalkerSegment, choice: str = "failed") -> Atoms:
     check instead, when the segment got past its first check (a state of its own, not its
     start: measured, the configurations where a bond had gone cost the models trained on them
     — docs/learning-curve.md)."""
-    if segment.status != STATUS_BLOWN_UP:
-        return segment.final
-    if choice == "last_safe" and _reset_within(segment):
+    if segment.status != STATUS_BLOWN_UP or _sends_last_safe(segment, choice):
         return segment.final
     return segment.failed if segment.failed is not None else segment.final
 
 
-def _reset_within(segment: WalkerSegment) -> bool:
-    """A blown-up segment went back to a state it passed after its start."""
-    return any(
-        e.get("kind") == "blow_up" and int(e.get("reset_to_step", -1)) > segment.start_step
-        for e in segment.events
+def _sends_last_safe(segment: WalkerSegment, choice: str) -> bool:
+    """A blown-up segment sends (and its walker goes on from) its last safe state: ``choice``
+    is ``last_safe`` and the segment went back to a state it passed after its start."""
+    return (
+        choice == "last_safe"
+        and segment.status == STATUS_BLOWN_UP
+        and any(
+            e.get("kind") == "blow_up" and int(e.get("reset_to_step", -1)) > segment.start_step
+            for e in segment.events
+        )
     )
 
 
