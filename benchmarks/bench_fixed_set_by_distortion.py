@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from learning_curve_diagnostics import WALKER_METHODS, final_model, frame_errors
+from learning_curve_diagnostics import (
+    WALKER_METHODS,
+    final_model,
+    frame_errors,
+    model_file,
+    work_dirs,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_SET = ROOT / "tests" / "data" / "mil53_xtb_frames.extxyz"
@@ -34,9 +40,8 @@ def groups(frames: list[Any]) -> dict[str, list[Any]]:
     """The fixed set's frames by source and perturbation σ, in the file's order."""
     out: dict[str, list[Any]] = {}
     for f in frames:
-        source = str(f.info.get("source", "?")).split("-")[0]  # np, lp, np-lp-path -> np
-        if str(f.info.get("source", "")).startswith("np-lp-path"):
-            source = "path"
+        source = str(f.info.get("source", "?"))  # np-relaxed, lp-relaxed, np-lp-path …
+        source = "path" if source.startswith("np-lp-path") else source.split("-")[0]
         out.setdefault(f"{source} σ{float(f.info['perturb_sigma']):.2f}", []).append(f)
     return out
 
@@ -66,7 +71,7 @@ def training_frames(where: Path, method: str, budget: int) -> list[Any]:
 def score(model: Path, named: dict[str, list[Any]]) -> dict[str, dict[str, float]]:
     from hillwalker.engines.nequip.deploy import load_calculator
 
-    calc = load_calculator(next(iter(sorted(model.glob("*.nequip.zip")))))
+    calc = load_calculator(model_file(model))
     out = {}
     for name, frames in named.items():
         energy, forces = frame_errors(calc, frames)
@@ -89,14 +94,14 @@ def main() -> int:
     named = groups(read_frames(TEST_SET))
     named["thermal (400 K MD)"] = read_frames(THERMAL_SET)
     budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     rows: dict[str, Any] = {}
     for item in args.work:
-        name, sep, directory = item.partition("=")
-        label, _, method = name.rpartition(":")
-        if not sep or not method:
-            parser.error(f"--work {item!r}: expected [LABEL:]METHOD=DIR")
-        for seed in (int(s) for s in args.seeds.split(",") if s.strip()):
-            where = Path(directory).resolve() / ("" if seed == 0 else f"seed-{seed}")
+        try:
+            label, method, dirs = work_dirs(item, seeds)
+        except ValueError as exc:
+            parser.error(str(exc))
+        for seed, where in dirs:
             for budget in budgets:
                 model = final_model(where, method, budget)
                 if model is None:
@@ -107,9 +112,9 @@ def main() -> int:
                     "training_rms_force_mev_per_ang": rms_force(trained) if trained else None,
                     "errors": score(model, named),
                 }
-                rows.setdefault(label or method, {}).setdefault(str(seed), {})[str(budget)] = row
+                rows.setdefault(label, {}).setdefault(str(seed), {})[str(budget)] = row
                 print(
-                    f"{label or method} seed {seed} at {budget}: "
+                    f"{label} seed {seed} at {budget}: "
                     + ", ".join(
                         f"{g} {e['force_rmse_mev_per_ang']}" for g, e in row["errors"].items()
                     ),

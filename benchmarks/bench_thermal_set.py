@@ -33,7 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from learning_curve_diagnostics import WALKER_METHODS, final_model, frame_errors
+from learning_curve_diagnostics import (
+    WALKER_METHODS,
+    final_model,
+    frame_errors,
+    model_file,
+    work_dirs,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 THERMAL_SET = ROOT / "tests" / "data" / "mil53_xtb_thermal_frames.extxyz"
@@ -93,14 +99,6 @@ def generation_models(root: Path) -> list[tuple[int, int, Path]]:
     return out
 
 
-def _model_file(directory: Path) -> Path:
-    """The deployed file of a model directory (the package, not a machine-bound compile)."""
-    found = sorted(directory.glob("*.nequip.zip"))
-    if not found:
-        raise SystemExit(f"{directory}: no *.nequip.zip model in it")
-    return found[0]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", action="append", required=True, metavar="[LABEL:]METHOD=DIR")
@@ -118,25 +116,22 @@ def main() -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     rows: dict[str, Any] = {}
     for item in args.work:
-        name, sep, directory = item.partition("=")
-        label, _, method = name.rpartition(":")
-        if not sep or not method:
-            parser.error(f"--work {item!r}: expected [LABEL:]METHOD=DIR")
-        label = label or method
-        for seed in seeds:
-            where = Path(directory).resolve() / ("" if seed == 0 else f"seed-{seed}")
+        try:
+            label, method, dirs = work_dirs(item, seeds)
+        except ValueError as exc:
+            parser.error(str(exc))
+        for seed, where in dirs:
             row = rows.setdefault(label, {}).setdefault(str(seed), {})
             for budget in budgets:
                 model = final_model(where, method, budget)
                 if model is not None:
-                    row[str(budget)] = score(_model_file(model), frames)
+                    row[str(budget)] = score(model_file(model), frames)
                     _say(f"{label} seed {seed} at {budget}", row[str(budget)])
             if args.curve and method in WALKER_METHODS and (where / method).is_dir():
                 row["curve"] = []
                 for g, spent, model in generation_models(where / method):
                     row["curve"].append(
-                        {"generation": g, "single_points": spent}
-                        | score(_model_file(model), frames)
+                        {"generation": g, "single_points": spent} | score(model_file(model), frames)
                     )
                     _say(f"{label} seed {seed} generation {g} ({spent})", row["curve"][-1])
     forces = np.concatenate([f.get_forces().ravel() for f in frames])

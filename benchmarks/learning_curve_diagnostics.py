@@ -87,6 +87,25 @@ def final_model(where: Path, method: str, budget: int) -> Path | None:
     return path if path.is_dir() else None
 
 
+def work_dirs(item: str, seeds: list[int]) -> tuple[str, str, list[tuple[int, Path]]]:
+    """``[LABEL:]METHOD=DIR`` of a ``--work`` option: the label, the method and each seed's
+    directory (DIR for seed 0, DIR/seed-S for the others). ValueError when malformed."""
+    name, sep, directory = item.partition("=")
+    label, _, method = name.rpartition(":")
+    if not sep or not method:
+        raise ValueError(f"--work {item!r}: expected [LABEL:]METHOD=DIR")
+    base = Path(directory).resolve()
+    return label or method, method, [(s, base / ("" if s == 0 else f"seed-{s}")) for s in seeds]
+
+
+def model_file(directory: Path) -> Path:
+    """The deployed file of a model directory (the package, not a machine-bound compile)."""
+    found = sorted(directory.glob("*.nequip.zip"))
+    if not found:
+        raise SystemExit(f"{directory}: no *.nequip.zip model in it")
+    return found[0]
+
+
 def sampled(frames: list[Any]) -> dict[str, Any]:
     volumes = np.array([f.get_volume() for f in frames])
     return {
