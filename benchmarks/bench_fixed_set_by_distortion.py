@@ -107,7 +107,7 @@ def main() -> int:
                 if model is None:
                     continue
                 trained = training_frames(where, method, budget)
-                row = {
+                row: dict[str, Any] = {
                     "training_frames": len(trained),
                     "training_rms_force_mev_per_ang": rms_force(trained) if trained else None,
                     "errors": score(model, named),
