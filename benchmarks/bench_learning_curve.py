@@ -163,7 +163,7 @@ def run_walker_method(
 
     config = json.loads(json.dumps(config))
     config["walkers"]["bias"] = method
-    per_generation = config["walkers"]["count"]
+    per_generation = config["walkers"]["count"] * (1 + config["walkers"].get("copies", 0))
     config["stop"] = {
         "generations": max(1, -(-(budget - config["generation0"]["frames"]) // per_generation)),
         "max_single_points": budget,

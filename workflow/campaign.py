@@ -231,6 +231,7 @@ class CampaignRun:
         segments, labels, base, middle = self._explore_all(g, model)
         self._report(walkers_done=len(segments), stage="labeling")
         labels.update(joined)
+        self._label_copies(g, segments, len(slots) + len(joining), labels, base, middle)
         labeled, base_labeled = self._wait_labels(labels), self._wait_labels(base)
         middle_labeled = self._wait_labels(middle)
         self._collect(g, labeled, base_labeled, middle_labeled)
@@ -654,6 +655,47 @@ class CampaignRun:
                 snap, generation=g, index=i, walker=i, level=self.baseline, snapshot=s
             )
         base[(i, -1)] = self._label(frame, generation=g, index=i, walker=i, level=self.baseline)
+
+    def _label_copies(
+        self,
+        g: int,
+        segments: dict[int, WalkerSegment],
+        first: int,
+        labels: dict[int, Label],
+        base: dict[Any, Label],
+        middle: dict[Any, Label],
+    ) -> None:
+        """walkers.copies perturbed copies of each walker frame that gets a target label
+        (generation0's σ and strain; seeded by the campaign seed, generation and walker, so a
+        resumed run makes, and finds, the same ones), labeled at every level its frame is,
+        indexed from ``first`` on (after the walkers' and joining materials' frames)."""
+        from hillwalker.engines.perturb import perturb
+
+        index = first
+        for i in sorted(segments):
+            part, k = self._slots[g][i]
+            if not part.cfg.walkers.copies or i >= self._target_count(g):
+                continue
+            frame = _to_label(segments[i], part.cfg.safety.blow_up_label)
+            g0 = part.cfg.generation0
+            seed = _seed(self.cfg.seed, f"copies/{part.name}/{g}/{k}")
+            for copy in perturb(
+                frame, part.cfg.walkers.copies, position_sigma=g0.position_sigma,
+                strain=g0.cell_strain, seed=seed,
+            ):  # fmt: skip
+                copy.info.pop("walker", None)  # not a walker's frame: a copy of one
+                copy.info["copy_of_walker"] = k
+                labels[index] = self._label(copy, generation=g, index=index, material=part.name)
+                if i < self._middle_count(g):
+                    for j, level in enumerate(self.intermediates):
+                        middle[(j, index)] = self._label(
+                            copy, generation=g, index=index, level=level
+                        )
+                if self.baseline is not None:
+                    base[(index, -1)] = self._label(
+                        copy, generation=g, index=index, level=self.baseline
+                    )
+                index += 1
 
     def _snapshots(self, g: int, i: int) -> list[Atoms]:
         """The frames along walker i's segment of generation g labeled at the baseline (as its

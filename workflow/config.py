@@ -151,6 +151,15 @@ class Walkers(_Model):
         description="Where each generation's walkers start: their last state (continue) or the "
         "start structure (reset). The bias is never cleared.",
     )
+    copies: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="Perturbed copies of each walker's labeled frame, labeled beside it "
+        "(generation0's position_sigma and cell_strain; the same copies on a resumed run): the "
+        "forces and strains around where the walkers went that MD at their temperature does not "
+        "reach. Each copy is a single point: a generation labels count × (1 + copies).",
+    )
 
 
 class Training(_Model):

@@ -675,3 +675,44 @@ def test_training_init_is_checked_before_anything_runs(tmp_path, mil53_model):
     (ala / "campaign.yaml").write_text(yaml.safe_dump(cfg))
     problems = validate_campaign(ala).problems
     assert any("training.species_map" in p and "training.init" in p for p in problems), problems
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_walkers_copies_label_perturbed_copies_of_each_walker_frame_the_same_on_a_rerun(tmp_path):
+    """walkers.copies: beside each walker's frame, that many perturbed copies of it (generation
+    0's σ and strain) are labeled and trained on; a generation run again makes the same copies,
+    so it finds their single points done instead of labeling new ones."""
+    root = make_campaign(
+        tmp_path / "c", walkers={"copies": 2}, training={"epochs": 2}, stop={"generations": 1}
+    )
+    run_campaign(root)
+    new = read_frames(root / "generations/001/labeled.extxyz")
+    walkers = {f.info["walker"]: f for f in new if f.info.get("walker") is not None}
+    copies = [f for f in new if "copy_of_walker" in f.info]
+    assert sorted(walkers) == [0, 1] and len(copies) == 4 and len(new) == 6
+    assert all(f.info["status"] == "done" for f in new)
+    for copy in copies:
+        frame = walkers[copy.info["copy_of_walker"]]
+        assert copy.info.get("walker") is None and copy.info["generation"] == 1
+        # undo the strain: what is left is the rattle, σ 0.03 Å per component
+        strain = np.linalg.solve(frame.cell.array, copy.cell.array) - np.eye(3)
+        assert 0 < np.abs(strain).max() <= 0.02 + 1e-9
+        strained = frame.get_scaled_positions(wrap=False) @ copy.cell.array
+        rattle = copy.positions - strained
+        assert 0.02 < np.sqrt(np.mean(rattle**2)) < 0.04
+    assert len(read_frames(root / "dataset.extxyz")) == 10
+    assert len(read_frames(root / "generations/001/train.extxyz")) == 10
+
+    # generation 1 run again (its model record gone): the same walker segments, the same
+    # copies, every single point found done
+    points = len(list((root / ".hillwalker/tasks/single_point").glob("*.json")))
+    for path in (root / ".hillwalker/tasks/train").glob("*.json"):
+        if json.loads(path.read_text()).get("generation") == 1:
+            path.unlink()
+    run_campaign(root)
+    assert len(list((root / ".hillwalker/tasks/single_point").glob("*.json"))) == points == 10
+    log = (root / ".hillwalker/run.log").read_text()
+    assert log.count("generation 1: 6 new frames, dataset 10 frames") == 2  # it did run again
+    again = read_frames(root / "generations/001/labeled.extxyz")
+    assert [f.info["task_id"] for f in again] == [f.info["task_id"] for f in new]
