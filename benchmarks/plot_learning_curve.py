@@ -10,7 +10,8 @@ method) and the from-scratch methods (``random``, ``oracle``) at each budget the
 for; results of one method at one number of single points in several files are the same run or
 its continuation (the benchmark resumes), so the last file read wins. The thermal panels (np and
 lp starts, when ``--thermal`` is given) show the same seed's models on the pooled own-MD frames.
-One seed (``--seed``, default 0): the figure shows runs, not means.
+One seed (``--seed``, default 0): the figure shows runs, not means. A walker campaign run with
+``--set`` (its JSON's ``campaign_settings``) is a line of its own, named by those settings.
 """
 
 from __future__ import annotations
@@ -28,6 +29,31 @@ STYLE = {
     "random": ("tab:green", "--^"),
     "oracle": ("black", ":D"),
 }
+#: trained once from scratch: --set of the walker campaigns does not change them
+FROM_SCRATCH = ("random", "oracle")
+#: styles of walker methods run with other settings, once their method's own style is taken
+OTHER_SETTINGS = (
+    ("tab:purple", "-v"),
+    ("tab:orange", "-<"),
+    ("tab:brown", "->"),
+    ("tab:cyan", "-p"),
+)
+
+
+def line_styles(labels: list[str]) -> dict[str, tuple[str, str]]:
+    """Label → (color, style): a method's own style goes to the first of its lines (``shared`` or
+    ``shared walkers.copies=1``), the next lines of that method get styles of their own."""
+    styles, taken, extra = {}, set(), iter(OTHER_SETTINGS)
+    for label in labels:
+        base = label.split()[0]
+        if base in STYLE and base not in taken:
+            styles[label] = STYLE[base]
+            taken.add(base)
+        else:
+            styles[label] = next(extra, ("tab:gray", "-x"))
+    return styles
+
+
 #: (bin, quantity, panel title) of the fixed test set's panels
 FIXED_PANELS = (
     ("near_eq", "force_rmse_mev_per_ang", "fixed set, near equilibrium: force RMSE (meV/Å)"),
@@ -43,11 +69,25 @@ def points(results: list[dict[str, Any]], seed: str, methods: list[str]) -> dict
         curves = result.get("curves_by_seed", {}).get(seed)
         if curves is None and seed == "0" and not result.get("seeds"):
             curves = result.get("curves", {})  # the first results had one seed, no seeds key
+        settings = "".join(f" {k}" for k in setting_names(result.get("campaign_settings") or {}))
         for method, curve in (curves or {}).items():
             if method in out:
+                # a walker campaign run with --set is another line, named by its settings
+                label = method + (settings if method not in FROM_SCRATCH else "")
                 for point in curve:
-                    out[method][int(point["single_points"])] = point["errors"]
-    return out
+                    out.setdefault(label, {})[int(point["single_points"])] = point["errors"]
+    return {label: by_n for label, by_n in out.items() if by_n or label in methods}
+
+
+def setting_names(settings: dict[str, Any], prefix: str = "") -> list[str]:
+    """``{"walkers": {"copies": 1}}`` → ``["walkers.copies=1"]``: the --set of a run."""
+    names = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            names += setting_names(value, f"{prefix}{key}.")
+        else:
+            names.append(f"{prefix}{key}={value}")
+    return names
 
 
 def thermal_points(pool: dict[str, Any], seed: str, methods: list[str]) -> dict[str, dict]:
@@ -73,11 +113,12 @@ def plot(
     fig = Figure(figsize=(12.6, 3.8 * rows))
     grid = fig.subplots(rows, len(FIXED_PANELS), sharex=True, squeeze=False)
     axes = list(grid.flat)
+    styles = line_styles([method for method, by_n in fixed.items() if by_n])
     for ax, (bin_name, quantity, label) in zip(axes, FIXED_PANELS, strict=False):
         for method, by_n in fixed.items():
             ns = sorted(n for n in by_n if bin_name in by_n[n])
             if ns:
-                color, style = STYLE.get(method, ("tab:gray", "-x"))
+                color, style = styles[method]
                 ms = 3 if len(ns) > 4 else 6
                 ax.plot(ns, [by_n[n][bin_name][quantity] for n in ns], style, color=color,
                         ms=ms, label=method)  # fmt: skip
