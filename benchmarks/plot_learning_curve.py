@@ -69,7 +69,11 @@ def points(results: list[dict[str, Any]], seed: str, methods: list[str]) -> dict
         curves = result.get("curves_by_seed", {}).get(seed)
         if curves is None and seed == "0" and not result.get("seeds"):
             curves = result.get("curves", {})  # the first results had one seed, no seeds key
-        settings = "".join(f" {k}" for k in setting_names(result.get("campaign_settings") or {}))
+        settings = "".join(  # bench_learning_curve's --set SECTION.KEY=VALUE, two levels deep
+            f" {section}.{key}={value}"
+            for section, keys in (result.get("campaign_settings") or {}).items()
+            for key, value in keys.items()
+        )
         for method, curve in (curves or {}).items():
             if method in out:
                 # a walker campaign run with --set is another line, named by its settings
@@ -77,17 +81,6 @@ def points(results: list[dict[str, Any]], seed: str, methods: list[str]) -> dict
                 for point in curve:
                     out.setdefault(label, {})[int(point["single_points"])] = point["errors"]
     return {label: by_n for label, by_n in out.items() if by_n or label in methods}
-
-
-def setting_names(settings: dict[str, Any], prefix: str = "") -> list[str]:
-    """``{"walkers": {"copies": 1}}`` → ``["walkers.copies=1"]``: the --set of a run."""
-    names = []
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            names += setting_names(value, f"{prefix}{key}.")
-        else:
-            names.append(f"{prefix}{key}={value}")
-    return names
 
 
 def thermal_points(pool: dict[str, Any], seed: str, methods: list[str]) -> dict[str, dict]:
